@@ -1,0 +1,188 @@
+"""Request/reply over message streams: the server loop every component uses, and the client.
+
+Server side (Minix's main loop): receive, validate, dispatch to a handler, reply. Requests that
+may block (``read``, ``wait``, a driver ``step``) each run in their own task so one connection
+can have several in flight; the rest run inline, which keeps a no-op round trip cheap.
+
+Client side: ``open_rpc_client(stream)`` runs a receive task that routes each reply to the
+caller waiting on its id, so many tasks can share one connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Container
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from . import codec, params
+from .errors import KernelError
+from .streams import MessageStream
+
+log = logging.getLogger(__name__)
+
+Dispatch = Callable[[codec.Request], Awaitable[Any]]
+
+
+async def serve_stream(
+    stream: MessageStream,
+    dispatch: Dispatch,
+    *,
+    blocking_ops: Container[str] = frozenset(),
+    crash_on_bug: bool = False,
+) -> None:
+    """Serve requests from ``stream`` until the peer closes it.
+
+    Args:
+        dispatch: runs one validated request and returns its result, or raises KernelError.
+        blocking_ops: ops that may wait; they run in their own tasks, concurrently.
+        crash_on_bug: if True, an exception other than KernelError propagates (a service
+            crashes and its supervisor restarts it); if False it becomes an EIO reply (the
+            kernel never dies of a bad request).
+
+    Returns when the peer closes; requests still running are cancelled then.
+    """
+    async with trio.open_nursery() as nursery:
+        in_flight = trio.CapacityLimiter(params.MAX_PENDING_PER_CONNECTION)
+        while True:
+            try:
+                message = await stream.receive()
+            except trio.EndOfChannel:
+                break
+            except KernelError as error:
+                if not await _send_quietly(stream, codec.make_error(None, error)) or stream.broken:
+                    break
+                continue
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                break
+            try:
+                request = codec.parse_request(message)
+            except KernelError as error:
+                await _send_quietly(stream, codec.make_error(codec.request_id_of(message), error))
+                continue
+            if request.op in blocking_ops:
+                if in_flight.available_tokens == 0:
+                    error = KernelError("EAGAIN", f"more than {params.MAX_PENDING_PER_CONNECTION} requests in flight")
+                    await _send_quietly(stream, codec.make_error(request.id, error))
+                    continue
+                nursery.start_soon(_answer, stream, dispatch, request, crash_on_bug, in_flight)
+            else:
+                await _answer(stream, dispatch, request, crash_on_bug)
+        nursery.cancel_scope.cancel()
+
+
+async def _answer(
+    stream: MessageStream,
+    dispatch: Dispatch,
+    request: codec.Request,
+    crash_on_bug: bool,
+    limiter: trio.CapacityLimiter | None = None,
+) -> None:
+    if limiter is not None:
+        await limiter.acquire()
+    try:
+        try:
+            reply = codec.make_reply(request.id, await dispatch(request))
+        except KernelError as error:
+            reply = codec.make_error(request.id, error)
+        except (trio.Cancelled, trio.EndOfChannel):
+            raise
+        except Exception as exc:
+            if crash_on_bug:
+                raise
+            log.exception("internal error in %r", request.op)
+            reply = codec.make_error(request.id, KernelError("EIO", f"internal error in {request.op}: {type(exc).__name__}: {exc}"))
+        await _send_quietly(stream, reply)
+    finally:
+        if limiter is not None:
+            limiter.release()
+
+
+async def _send_quietly(stream: MessageStream, message: dict[str, Any]) -> bool:
+    """Send, returning False instead of raising if the peer is gone."""
+    try:
+        await stream.send(message)
+        return True
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return False
+
+
+class RpcClient:
+    """Calls over one message stream; replies are matched to callers by id."""
+
+    def __init__(self, stream: MessageStream) -> None:
+        self.stream = stream
+        self._next_id = 1
+        self._waiters: dict[int, _Waiter] = {}
+        self._closed_error: KernelError | None = None
+
+    async def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+        """Send one request and wait for its reply.
+
+        Raises:
+            KernelError: the errno the peer replied with, or EIO if the peer went away.
+        """
+        if self._closed_error is not None:
+            raise self._closed_error
+        request_id = self._next_id
+        self._next_id += 1
+        waiter = _Waiter()
+        self._waiters[request_id] = waiter
+        try:
+            try:
+                await self.stream.send(codec.make_request(request_id, op, args or {}))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise KernelError("EIO", f"connection closed before {op!r} could be sent") from None
+            await waiter.event.wait()
+        finally:
+            del self._waiters[request_id]
+        if isinstance(waiter.outcome, KernelError):
+            raise waiter.outcome
+        return waiter.outcome
+
+    async def run_receiver(self) -> None:
+        """Route replies to waiting callers until the stream ends; then fail everyone left."""
+        try:
+            while True:
+                message = await self.stream.receive()
+                request_id, outcome = codec.parse_reply(message)
+                waiter = self._waiters.get(request_id)
+                if waiter is not None:
+                    waiter.outcome = outcome
+                    waiter.event.set()
+        except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError, KernelError):
+            pass
+        finally:
+            self.fail_all(KernelError("EIO", "the peer closed the connection"))
+
+    def fail_all(self, error: KernelError) -> None:
+        """Fail every call in flight and every later one with ``error``."""
+        self._closed_error = error
+        for waiter in self._waiters.values():
+            if not waiter.event.is_set():
+                waiter.outcome = error
+                waiter.event.set()
+
+
+class _Waiter:
+    __slots__ = ("event", "outcome")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.outcome: Any = None
+
+
+@asynccontextmanager
+async def open_rpc_client(stream: MessageStream) -> AsyncIterator[RpcClient]:
+    """An ``RpcClient`` whose receive task runs for the duration of the block."""
+    client = RpcClient(stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.run_receiver)
+        try:
+            yield client
+        finally:
+            nursery.cancel_scope.cancel()
+            with trio.CancelScope(shield=True):
+                await stream.aclose()

@@ -1,0 +1,119 @@
+"""Message streams: the same encoded messages over trio memory channels or a byte stream.
+
+Both kinds carry msgpack bytes, never Python objects, so a component that talks over a memory
+stream today can move behind a socket tomorrow without a change (DESIGN.md, IPC).
+
+``receive`` returns a decoded map, raises ``trio.EndOfChannel`` when the peer has closed, and
+raises ``KernelError`` for input that fails to decode. After an error the stream may still be
+usable (a well-framed but bad payload) or not (``stream.broken``: the framing itself is lost).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any, Protocol
+
+import trio
+
+from . import codec, params
+from .errors import KernelError
+
+
+class MessageStream(Protocol):
+    """A bidirectional stream of messages."""
+
+    broken: bool
+
+    async def send(self, message: dict[str, Any]) -> None: ...
+
+    async def receive(self) -> dict[str, Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryMessageStream:
+    """One end of an in-process pair; see ``memory_stream_pair``."""
+
+    broken = False
+
+    def __init__(self, send_channel: trio.MemorySendChannel, receive_channel: trio.MemoryReceiveChannel):
+        self._send_channel = send_channel
+        self._receive_channel = receive_channel
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Encode and send; raises ``trio.BrokenResourceError`` if the peer has closed."""
+        await self._send_channel.send(codec.encode(message))
+
+    async def send_raw(self, payload: bytes) -> None:
+        """Send an arbitrary payload (tests use this to deliver malformed input)."""
+        await self._send_channel.send(payload)
+
+    async def receive(self) -> dict[str, Any]:
+        """Receive and decode the next message."""
+        try:
+            payload = await self._receive_channel.receive()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise trio.EndOfChannel from None
+        return codec.decode(payload)
+
+    async def aclose(self) -> None:
+        """Close both directions; the peer's receive then raises EndOfChannel."""
+        await self._send_channel.aclose()
+        await self._receive_channel.aclose()
+
+
+def memory_stream_pair(buffer: int = params.MAX_PENDING_PER_CONNECTION) -> tuple[MemoryMessageStream, MemoryMessageStream]:
+    """Two connected in-process message streams."""
+    a_send, b_receive = trio.open_memory_channel[bytes](buffer)
+    b_send, a_receive = trio.open_memory_channel[bytes](buffer)
+    return MemoryMessageStream(a_send, a_receive), MemoryMessageStream(b_send, b_receive)
+
+
+class FramedMessageStream:
+    """Messages over a trio byte stream (a Unix or TCP socket), framed by ``codec``."""
+
+    def __init__(self, stream: trio.abc.Stream, max_frame_bytes: int = params.MAX_FRAME_BYTES):
+        self.stream = stream
+        self.broken = False
+        self._reader = codec.FrameReader(max_frame_bytes)
+        self._send_lock = trio.Lock()  # handler tasks reply concurrently; frames must not interleave
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Encode, frame and send one message."""
+        data = codec.frame(codec.encode(message))
+        async with self._send_lock:
+            await self.stream.send_all(data)
+
+    async def receive(self) -> dict[str, Any]:
+        """Read bytes until a whole frame is buffered, then decode it."""
+        while True:
+            try:
+                payload = self._reader.next_payload()
+            except KernelError:
+                self.broken = True  # the declared length is refused: we cannot find the next frame
+                raise
+            if payload is not None:
+                return codec.decode(payload)
+            data = await self.stream.receive_some(65536)
+            if not data:
+                if self._reader.buffered:
+                    self.broken = True
+                    raise KernelError("EINVAL", f"connection closed inside a frame ({self._reader.buffered} bytes)")
+                raise trio.EndOfChannel
+            self._reader.feed(data)
+
+    async def aclose(self) -> None:
+        """Close the underlying byte stream."""
+        await self.stream.aclose()
+
+
+def peer_credentials(stream: trio.SocketStream) -> tuple[int, int, int] | None:
+    """The (pid, uid, gid) of a Unix-socket peer from SO_PEERCRED, or None where unavailable."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    try:
+        raw = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    except OSError:
+        return None
+    return struct.unpack("3i", raw)

@@ -1,0 +1,249 @@
+"""The syscall table: op name -> handler. Each handler is a thin shim (xv6's syscall.c).
+
+A handler copies its arguments in through ``Args`` (EINVAL on anything malformed), looks up
+its target (ESRCH), checks permission (EPERM/EACCES), then calls into the process table or a
+device scheduler. Unknown ops get ENOSYS from ``Kernel.syscall``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from . import params
+from .args import Args
+from .batch import SamplingParams
+from .errors import KernelError
+from .process import Process, Signal
+from .proctable import Session
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+
+Handler = Callable[["Kernel", Session, dict[str, Any]], Awaitable[Any]]
+
+SPAWN_ARGS = (
+    "model", "prompt", "prompt_ids", "max_tokens", "temperature", "top_k", "top_p", "seed",
+    "stop_ids", "ignore_eos", "nice", "deadline_s", "detach",
+)
+
+
+def _owned(caller: Session, proc: Process, op: str) -> None:
+    """Only the process's user (or uid 0) may signal, renice or fork it."""
+    if caller.uid != 0 and caller.uid != proc.uid:
+        raise KernelError("EPERM", f"{op}: process {proc.pid} belongs to uid {proc.uid}, not {caller.uid}")
+
+
+async def sys_getpid(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
+    """The caller's own identity (a no-op round trip; ``llmos bench ipc`` times it)."""
+    Args("getpid", raw, ())
+    return {"pid": caller.pid, "uid": caller.uid, "tenant": caller.tenant}
+
+
+async def sys_spawn(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
+    """Start an LLM process; returns its pid."""
+    a = Args("spawn", raw, SPAWN_ARGS)
+    device = k.device_for_model(a.str("model", k.default_model, max_len=256))
+    if a.has("prompt") == a.has("prompt_ids"):
+        raise KernelError("EINVAL", "spawn: give exactly one of 'prompt' (text) or 'prompt_ids' (token ids)")
+    if a.has("prompt"):
+        prompt_ids = await k.tokenize(device, a.str("prompt", max_len=params.MAX_PROMPT_TOKENS * 8))
+    else:
+        prompt_ids = a.int_list("prompt_ids", max_len=params.MAX_PROMPT_TOKENS)
+    if not prompt_ids:
+        raise KernelError("EINVAL", "spawn: the prompt is empty")
+    if len(prompt_ids) > params.MAX_PROMPT_TOKENS:
+        raise KernelError("E2BIG", f"spawn: prompt of {len(prompt_ids)} tokens exceeds {params.MAX_PROMPT_TOKENS}")
+    vocab = device.vocab_size
+    bad = next((t for t in prompt_ids if t >= vocab), None)
+    if bad is not None:
+        raise KernelError("EINVAL", f"spawn: token id {bad} is outside the vocabulary of {device.model} ({vocab} tokens)")
+    stop_ids = a.int_list("stop_ids", [], max_len=params.MAX_STOP_IDS)
+    if not a.bool("ignore_eos", False):
+        stop_ids = [*stop_ids, *device.eos_ids]
+    nice = a.int("nice", 0, params.NICE_MIN, params.NICE_MAX)
+    if nice < 0 and caller.uid != 0:
+        raise KernelError("EPERM", f"spawn: only uid 0 may start a process with negative nice ({nice})")
+    deadline_s = a.float("deadline_s", None, lo=0.0)
+    sampling = SamplingParams(
+        temperature=a.float("temperature", 1.0, 0.0, 100.0),
+        top_k=a.int("top_k", 0, 0, vocab),
+        top_p=a.float("top_p", 1.0, 1e-6, 1.0),
+        seed=a.int("seed", 0, 0, 2**63 - 1),
+    )
+    now = k.now()
+    proc = Process(
+        pid=k.table.allocate_pid(),
+        ppid=caller.pid,
+        session=caller.pid,
+        uid=caller.uid,
+        tenant=caller.tenant,
+        model=device.model,
+        device=device.name,
+        prompt_ids=list(prompt_ids),
+        max_tokens=a.int("max_tokens", 16, 1, params.MAX_NEW_TOKENS),
+        sampling=sampling,
+        stop_ids=frozenset(stop_ids),
+        created_at=now,
+        deadline=None if deadline_s is None else now + deadline_s,
+        detached=a.bool("detach", False),
+        nice=nice,
+    )
+    k.table.add(proc)
+    device.scheduler.submit(proc)
+    return {"pid": proc.pid}
+
+
+async def sys_read(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
+    """Tokens generated after ``offset``; blocks until there are some or the process ended."""
+    a = Args("read", raw, ("pid", "offset", "timeout"))
+    proc = k.table.get(a.int("pid"))
+    offset = a.int("offset", 0, 0)
+    timeout = a.float("timeout", None, lo=0.0)
+    if caller.uid not in (0, proc.uid):
+        raise KernelError("EACCES", f"read: the output of process {proc.pid} belongs to uid {proc.uid}")
+    with k.move_on_after(timeout):
+        while len(proc.output_ids) <= offset and proc.alive:
+            await proc.output_changed.wait()
+    tokens = proc.output_ids[offset:]
+    eof = not proc.alive and offset + len(tokens) >= len(proc.output_ids)
+    return {
+        "tokens": tokens,
+        "offset": offset + len(tokens),
+        "eof": eof,
+        "exit": proc.exit_status.to_wire() if eof and proc.exit_status else None,
+    }
+
+
+async def sys_wait(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any] | None:
+    """Wait for a child of this session to end, reap it and return its status and output."""
+    a = Args("wait", raw, ("pid", "nohang"))
+    proc = await k.table.wait(caller.pid, a.int("pid", None, 0), a.bool("nohang", False))
+    if proc is None:
+        return None
+    assert proc.exit_status is not None
+    return {"pid": proc.pid, "exit": proc.exit_status.to_wire(), "output_ids": proc.output_ids, "stat": proc.stat(k.now())}
+
+
+async def sys_kill(k: Kernel, caller: Session, raw: dict[str, Any]) -> None:
+    """Send a signal: SIGKILL, SIGTERM (the default), SIGSTOP or SIGCONT."""
+    a = Args("kill", raw, ("pid", "signal"))
+    pid = a.int("pid")
+    try:
+        sig = Signal.parse(raw.get("signal", "SIGTERM"))
+    except (KeyError, ValueError):
+        raise KernelError("EINVAL", f"kill: unknown signal {raw.get('signal')!r}; use one of {', '.join(s.name for s in Signal)}") from None
+    if pid == params.PID_INIT:
+        raise KernelError("EPERM", "kill: init (pid 1) cannot be signalled")
+    proc = k.table.get(pid)
+    _owned(caller, proc, "kill")
+    if proc.alive:
+        k.devices[proc.device].scheduler.signal(proc, sig)
+
+
+async def sys_fork(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
+    """Make ``n`` children that continue from the process's tokens so far, each with its own seed."""
+    a = Args("fork", raw, ("pid", "n"))
+    parent = k.table.get(a.int("pid"))
+    n = a.int("n", 1, 1, params.MAX_FORK_CHILDREN)
+    _owned(caller, parent, "fork")
+    if not parent.alive:
+        raise KernelError("ESRCH", f"fork: process {parent.pid} has already exited")
+    if k.table.num_live() + n > params.MAX_PROCESSES:
+        raise KernelError("EAGAIN", f"fork: {n} more processes would exceed the limit of {params.MAX_PROCESSES}")
+    device = k.devices[parent.device]
+    pids = []
+    for index in range(n):
+        child = Process(
+            pid=k.table.allocate_pid(),
+            ppid=parent.pid,
+            session=parent.session,
+            uid=parent.uid,
+            tenant=parent.tenant,
+            model=parent.model,
+            device=parent.device,
+            prompt_ids=parent.all_ids,  # the child's prompt is everything its parent has so far
+            max_tokens=max(1, parent.max_tokens - len(parent.output_ids)),
+            sampling=_child_sampling(parent.sampling, parent.pid, index),
+            stop_ids=parent.stop_ids,
+            created_at=k.now(),
+            deadline=parent.deadline,
+            detached=parent.detached,
+            nice=parent.nice,
+        )
+        k.table.add(child)
+        device.scheduler.submit(child)
+        pids.append(child.pid)
+    return {"pids": pids}
+
+
+def _child_sampling(parent: SamplingParams, parent_pid: int, index: int) -> SamplingParams:
+    """A seed for fork child ``index`` that differs from its siblings' and parent's."""
+    digest = hashlib.blake2b(f"{parent.seed}:{parent_pid}:{index}".encode(), digest_size=8).digest()
+    seed = int.from_bytes(digest, "big") >> 1
+    return SamplingParams(parent.temperature, parent.top_k, parent.top_p, seed, 0)
+
+
+async def sys_nice(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
+    """Set a process's nice value; only uid 0 may lower it (raise its priority)."""
+    a = Args("nice", raw, ("pid", "value"))
+    proc = k.table.get(a.int("pid"))
+    value = a.int("value", lo=params.NICE_MIN, hi=params.NICE_MAX)
+    _owned(caller, proc, "nice")
+    if value < proc.nice and caller.uid != 0:
+        raise KernelError("EPERM", f"nice: only uid 0 may lower nice ({proc.nice} -> {value})")
+    proc.nice = value
+    return {"pid": proc.pid, "nice": value}
+
+
+async def sys_ps(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
+    """One row per process, like ``ps -e``."""
+    Args("ps", raw, ())
+    return {"processes": [p.summary() for p in sorted(k.table, key=lambda p: p.pid)]}
+
+
+async def sys_stat(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
+    """Everything known about one process, accounting included."""
+    a = Args("stat", raw, ("pid",))
+    return k.table.get(a.int("pid")).stat(k.now())
+
+
+async def sys_uname(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
+    """The kernel: version, policy, devices, models, uptime, and the servers with restart counts."""
+    Args("uname", raw, ())
+    return k.describe()
+
+
+async def sys_detokenize(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
+    """Turn token ids into text with a model's tokenizer."""
+    a = Args("detokenize", raw, ("model", "ids"))
+    device = k.device_for_model(a.str("model", k.default_model, max_len=256))
+    ids = a.int_list("ids", max_len=params.MAX_NEW_TOKENS + params.MAX_PROMPT_TOKENS)
+    return {"text": await k.detokenize(device, ids)}
+
+
+async def sys_tokenize(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
+    """Turn text into token ids with a model's tokenizer."""
+    a = Args("tokenize", raw, ("model", "text"))
+    device = k.device_for_model(a.str("model", k.default_model, max_len=256))
+    return {"ids": await k.tokenize(device, a.str("text", max_len=params.MAX_PROMPT_TOKENS * 8))}
+
+
+SYSCALLS: dict[str, Handler] = {
+    "getpid": sys_getpid,
+    "spawn": sys_spawn,
+    "read": sys_read,
+    "wait": sys_wait,
+    "kill": sys_kill,
+    "fork": sys_fork,
+    "nice": sys_nice,
+    "ps": sys_ps,
+    "stat": sys_stat,
+    "uname": sys_uname,
+    "tokenize": sys_tokenize,
+    "detokenize": sys_detokenize,
+}
+
+# Syscalls that may block; each runs in its own task so a connection can have several waiting.
+BLOCKING_SYSCALLS = frozenset({"read", "wait", "spawn", "tokenize", "detokenize"})

@@ -1,0 +1,240 @@
+"""libllm: the libc of LLMOS. Programs make syscalls through it.
+
+Async (trio)::
+
+    async with libllm.open_client("/tmp/llmos.sock") as llm:   # or a Kernel object
+        pid = await llm.spawn("def fib(n):", max_tokens=32, temperature=0)
+        async for tokens in llm.stream(pid):
+            ...
+        status = await llm.wait(pid)
+
+Blocking::
+
+    llm = libllm.connect("/tmp/llmos.sock")
+    pid = llm.spawn(prompt_ids=[1, 2, 3], max_tokens=8)
+    print(llm.wait(pid).output_ids)
+    llm.close()
+
+Every failed syscall raises an ``LLMOSError`` subclass named after its errno (``libllm.ESRCH``).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from llmos.kernel.errors import KernelError
+from llmos.kernel.rpc import RpcClient, open_rpc_client
+from llmos.kernel.streams import FramedMessageStream
+
+from .errors import *  # noqa: F403  (re-export: libllm.ESRCH, libllm.LLMOSError, ...)
+from .errors import LLMOSError, from_kernel_error
+
+DEFAULT_SOCKET = os.environ.get("LLMOS_SOCKET", "/tmp/llmos.sock")
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """What ``read`` returns: new tokens, the offset to read from next, and EOF with the exit."""
+
+    tokens: list[int]
+    offset: int
+    eof: bool
+    exit: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class WaitResult:
+    """A reaped process: pid, exit status, all generated ids, and its final ``stat``."""
+
+    pid: int
+    exit: dict[str, Any]
+    output_ids: list[int]
+    stat: dict[str, Any]
+
+    @property
+    def finish_reason(self) -> str:
+        """'stop', 'length', 'signal' or 'error'."""
+        return self.exit["reason"]
+
+
+class Client:
+    """An async connection to a kernel. Get one from ``open_client``."""
+
+    def __init__(self, rpc: RpcClient) -> None:
+        self._rpc = rpc
+
+    async def call(self, op: str, **args: Any) -> Any:
+        """Make any syscall by name; None-valued arguments are left out."""
+        try:
+            return await self._rpc.call(op, {k: v for k, v in args.items() if v is not None})
+        except KernelError as error:
+            raise from_kernel_error(error) from None
+
+    async def getpid(self) -> dict[str, Any]:
+        """This connection's pid, uid and tenant."""
+        return await self.call("getpid")
+
+    async def spawn(self, prompt: str | None = None, **options: Any) -> int:
+        """Start a process; returns its pid.
+
+        Args:
+            prompt: the prompt text (the model needs a tokenizer), or give ``prompt_ids=``.
+            options: model, prompt_ids, max_tokens, temperature, top_k, top_p, seed, stop_ids,
+                ignore_eos, nice, deadline_s, detach.
+        """
+        return (await self.call("spawn", prompt=prompt, **options))["pid"]
+
+    async def read(self, pid: int, offset: int = 0, timeout: float | None = None) -> ReadResult:
+        """Tokens after ``offset``; blocks until some arrive or the process ends (EOF)."""
+        r = await self.call("read", pid=pid, offset=offset, timeout=timeout)
+        return ReadResult(r["tokens"], r["offset"], r["eof"], r["exit"])
+
+    async def stream(self, pid: int) -> AsyncIterator[list[int]]:
+        """Yield each batch of new tokens as it arrives, until EOF."""
+        offset = 0
+        while True:
+            result = await self.read(pid, offset)
+            offset = result.offset
+            if result.tokens:
+                yield result.tokens
+            if result.eof:
+                return
+
+    async def wait(self, pid: int | None = None, nohang: bool = False) -> WaitResult | None:
+        """Wait for a child of this connection to end, reap it, and return its result."""
+        r = await self.call("wait", pid=pid, nohang=nohang)
+        return None if r is None else WaitResult(r["pid"], r["exit"], r["output_ids"], r["stat"])
+
+    async def kill(self, pid: int, signal: str | int = "SIGTERM") -> None:
+        """Send SIGKILL, SIGTERM, SIGSTOP or SIGCONT."""
+        await self.call("kill", pid=pid, signal=signal)
+
+    async def fork(self, pid: int, n: int = 1) -> list[int]:
+        """Start ``n`` children continuing from ``pid``'s tokens so far; returns their pids."""
+        return (await self.call("fork", pid=pid, n=n))["pids"]
+
+    async def nice(self, pid: int, value: int) -> int:
+        """Set ``pid``'s nice value (-20..19); returns it."""
+        return (await self.call("nice", pid=pid, value=value))["nice"]
+
+    async def ps(self) -> list[dict[str, Any]]:
+        """One row per process."""
+        return (await self.call("ps"))["processes"]
+
+    async def stat(self, pid: int) -> dict[str, Any]:
+        """Everything about one process, accounting included."""
+        return await self.call("stat", pid=pid)
+
+    async def uname(self) -> dict[str, Any]:
+        """The kernel: version, devices, models, servers and their restart counts."""
+        return await self.call("uname")
+
+    async def tokenize(self, text: str, model: str | None = None) -> list[int]:
+        """Text to token ids with a model's tokenizer."""
+        return (await self.call("tokenize", text=text, model=model))["ids"]
+
+    async def detokenize(self, ids: list[int], model: str | None = None) -> str:
+        """Token ids to text with a model's tokenizer."""
+        return (await self.call("detokenize", ids=ids, model=model))["text"]
+
+
+@asynccontextmanager
+async def open_client(
+    target: Any = None, *, uid: int = 0, tenant: str = "default", token: str | None = None
+) -> AsyncIterator[Client]:
+    """Connect to a kernel for the duration of the block.
+
+    Args:
+        target: a Unix socket path (default ``$LLMOS_SOCKET`` or /tmp/llmos.sock), or an
+            in-process ``Kernel`` (then ``uid`` and ``tenant`` name the caller).
+        token: over a socket, a tenant token from the kernel's owner; it sets the tenant.
+    """
+    if target is None or isinstance(target, (str, os.PathLike)):
+        path = os.fspath(target or DEFAULT_SOCKET)
+        try:
+            stream: Any = FramedMessageStream(await trio.open_unix_socket(path))
+        except OSError as exc:
+            raise from_kernel_error(KernelError("ENOENT", f"cannot connect to a kernel at {path}: {exc.strerror}")) from None
+    else:
+        stream = target.open_stream(uid=uid, tenant=tenant)
+    async with open_rpc_client(stream) as rpc:
+        client = Client(rpc)
+        if token is not None:
+            await client.call("hello", token=token)
+        yield client
+
+
+class SyncClient:
+    """A blocking client: every ``Client`` method, called without ``await``.
+
+    It runs a trio loop in a background thread; calls hop onto it and block until they return.
+    """
+
+    def __init__(self, target: Any = None, **options: Any) -> None:
+        ready: queue.Queue[Any] = queue.Queue()
+        self._thread = threading.Thread(target=trio.run, args=(self._main, target, options, ready), daemon=True)
+        self._thread.start()
+        outcome = ready.get()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        self._token: trio.lowlevel.TrioToken = outcome[0]
+        self._client: Client = outcome[1]
+
+    async def _main(self, target: Any, options: dict[str, Any], ready: queue.Queue[Any]) -> None:
+        try:
+            async with open_client(target, **options) as client:
+                self._done = trio.Event()
+                ready.put((trio.lowlevel.current_trio_token(), client))
+                await self._done.wait()
+        except BaseException as exc:  # report connect failures to the constructor
+            ready.put(exc)
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(Client, name, None)
+        if method is None or name.startswith("_") or name == "stream":
+            raise AttributeError(name)
+
+        def blocking(*args: Any, **kwargs: Any) -> Any:
+            return trio.from_thread.run(getattr(self._client, name), *args, trio_token=self._token, **kwargs)
+
+        blocking.__doc__ = method.__doc__
+        return blocking
+
+    def stream(self, pid: int) -> Iterator[list[int]]:
+        """Yield each batch of new tokens as it arrives, until EOF."""
+        offset = 0
+        while True:
+            result = self.read(pid, offset)
+            offset = result.offset
+            if result.tokens:
+                yield result.tokens
+            if result.eof:
+                return
+
+    def close(self) -> None:
+        """Close the connection and stop the background thread."""
+        if self._thread.is_alive():
+            trio.from_thread.run_sync(self._done.set, trio_token=self._token)
+            self._thread.join()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def connect(path: str | None = None, *, token: str | None = None) -> SyncClient:
+    """A blocking connection to the kernel serving the Unix socket at ``path``."""
+    return SyncClient(path, token=token)
+
+
+__all__ = ["Client", "SyncClient", "ReadResult", "WaitResult", "open_client", "connect", "LLMOSError"]
