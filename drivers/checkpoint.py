@@ -121,7 +121,9 @@ def _parse_rope(raw: dict[str, Any], where: Path) -> RopeConfig:
         raise KernelError("EINVAL", f"{where}: unsupported rope type {rope_type!r}")
     if params.get("partial_rotary_factor", raw.get("partial_rotary_factor", 1.0)) != 1.0:
         raise KernelError("EINVAL", f"{where}: partial_rotary_factor is not supported")
-    extra = {k: v for k, v in params.items() if k not in ("rope_theta", "rope_type", "type", "factor")}
+    extra = {
+        k: v for k, v in params.items() if k not in ("rope_theta", "rope_type", "type", "factor")
+    }
     if rope_type in ("llama3", "yarn"):
         extra.setdefault(
             "original_max_position_embeddings",
@@ -132,7 +134,9 @@ def _parse_rope(raw: dict[str, Any], where: Path) -> RopeConfig:
         raise KernelError("EINVAL", f"{where}: rope type {rope_type!r} needs a factor")
     if factor is None and rope_type == "yarn":
         # YaRN may derive the factor from the two context lengths, like transformers does.
-        factor = raw.get("max_position_embeddings", 2048) / extra["original_max_position_embeddings"]
+        factor = (
+            raw.get("max_position_embeddings", 2048) / extra["original_max_position_embeddings"]
+        )
     return RopeConfig(theta=theta, type=rope_type, factor=float(factor or 1.0), extra=extra)
 
 
@@ -149,7 +153,9 @@ def _sliding_windows(raw: dict[str, Any], arch: str, num_layers: int) -> tuple[i
     layer_types = raw.get("layer_types")
     if layer_types is None:
         first = int(raw.get("max_window_layers", num_layers))
-        layer_types = ["sliding_attention" if i >= first else "full_attention" for i in range(num_layers)]
+        layer_types = [
+            "sliding_attention" if i >= first else "full_attention" for i in range(num_layers)
+        ]
     return tuple(int(window) if t == "sliding_attention" else None for t in layer_types)
 
 
@@ -162,7 +168,9 @@ def _eos_ids(*values: Any) -> tuple[int, ...]:
     return tuple(ids)
 
 
-def parse_config(raw: dict[str, Any], where: Path, generation: dict[str, Any] | None = None) -> ModelConfig:
+def parse_config(
+    raw: dict[str, Any], where: Path, generation: dict[str, Any] | None = None
+) -> ModelConfig:
     """Build a ``ModelConfig`` from a parsed config.json.
 
     Raises:
@@ -231,7 +239,10 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor the model needs, by its Hugging Face name, with its shape."""
     C, hs, V = cfg.hidden_size, cfg.head_dim, cfg.vocab_size
     q_out, kv_out = cfg.num_heads * hs, cfg.num_kv_heads * hs
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, C), "model.norm.weight": (C,)}
+    shapes: dict[str, tuple[int, ...]] = {
+        "model.embed_tokens.weight": (V, C),
+        "model.norm.weight": (C,),
+    }
     if not cfg.tie_word_embeddings:
         shapes["lm_head.weight"] = (V, C)
     for i in range(cfg.num_layers):

@@ -22,7 +22,7 @@ from llmos.drivers.checkpoint import load_checkpoint, num_parameters
 from llmos.drivers.kv_cache import PagedKVCache
 from llmos.drivers.model import DenseCausalAttend, RotaryEmbedding, Transformer
 from llmos.drivers.paged_attention import PagedAttend, build_metadata
-from llmos.drivers.sampling import sample_batch
+from llmos.drivers.sampling import check_params, sample_batch
 from llmos.kernel.batch import StepBatch, StepResult
 from llmos.kernel.errors import KernelError
 
@@ -116,7 +116,13 @@ class TorchEngine:
         cfg = model.cfg
         self.kv = None  # free the old pool before allocating the new one
         self.kv = PagedKVCache(
-            cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, num_blocks, block_size, self.device, self.dtype
+            cfg.num_layers,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            num_blocks,
+            block_size,
+            self.device,
+            self.dtype,
         )
         return {
             "num_blocks": num_blocks,
@@ -161,13 +167,19 @@ class TorchEngine:
         model, rope = self._require_model("step"), self.rope
         assert rope is not None  # set together with the model
         if batch.block_size != kv.block_size:
-            raise KernelError("EINVAL", f"step: block_size {batch.block_size} != pool's {kv.block_size}")
+            raise KernelError(
+                "EINVAL", f"step: block_size {batch.block_size} != pool's {kv.block_size}"
+            )
         t0 = time.perf_counter()
         if not batch.seqs:
             return StepOutput(StepResult([], 0.0, 0.0), torch.empty(0, model.cfg.vocab_size))
         flat = [t for s in batch.seqs for t in s.token_ids]
         if min(flat) < 0 or max(flat) >= model.cfg.vocab_size:
             raise KernelError("EINVAL", f"step: token id outside [0, {model.cfg.vocab_size})")
+        for s in batch.seqs:
+            check_params(
+                s.sampling
+            )  # before the KV pool is written: a refused step changes nothing
         with torch.inference_mode():
             meta = build_metadata(batch, kv.num_blocks, self.device)
             token_ids = torch.tensor(flat, dtype=torch.long).to(self.device)  # (T,)

@@ -44,7 +44,8 @@ class PagedKVCache:
     ) -> None:
         if num_blocks <= 0 or block_size <= 0:
             raise KernelError(
-                "EINVAL", f"init_kv: num_blocks={num_blocks} and block_size={block_size} must be > 0"
+                "EINVAL",
+                f"init_kv: num_blocks={num_blocks} and block_size={block_size} must be > 0",
             )
         self.num_blocks, self.block_size = num_blocks, block_size
         self.device, self.dtype = device, dtype
@@ -55,7 +56,10 @@ class PagedKVCache:
             self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
             self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(num_layers)]
         except torch.OutOfMemoryError as exc:
-            raise KernelError("ENOMEM", f"init_kv: cannot allocate {self.nbytes_for(shape, num_layers, dtype)} bytes") from exc
+            raise KernelError(
+                "ENOMEM",
+                f"init_kv: cannot allocate {self.nbytes_for(shape, num_layers, dtype)} bytes",
+            ) from exc
 
     @staticmethod
     def nbytes_for(shape: tuple[int, ...], num_layers: int, dtype: torch.dtype) -> int:
@@ -119,7 +123,9 @@ class PagedKVCache:
         if not block_ids:
             return []
         ids = self._ids(block_ids, "swap_out")
-        k = torch.stack([pool.index_select(0, ids) for pool in self.k], dim=1)  # (n, L, bs, nkv, hs)
+        k = torch.stack(
+            [pool.index_select(0, ids) for pool in self.k], dim=1
+        )  # (n, L, bs, nkv, hs)
         v = torch.stack([pool.index_select(0, ids) for pool in self.v], dim=1)
         host = torch.stack([k, v], dim=1).to("cpu")  # (n, 2, L, bs, nkv, hs)
         return list(host.unbind(0))
@@ -137,7 +143,8 @@ class PagedKVCache:
         for t in tensors:
             if tuple(t.shape) != want:
                 raise KernelError(
-                    "EINVAL", f"swap_in: block tensor has shape {list(t.shape)}, expected {list(want)}"
+                    "EINVAL",
+                    f"swap_in: block tensor has shape {list(t.shape)}, expected {list(want)}",
                 )
         data = torch.stack(list(tensors)).to(device=self.device, dtype=self.dtype)  # (n, 2, L, ...)
         for layer in range(len(self.k)):

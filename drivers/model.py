@@ -73,7 +73,9 @@ def _yarn_inv_freq(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
     attention_factor = extra.get("attention_factor")
     if attention_factor is None:
         ms, ms_all = extra.get("mscale"), extra.get("mscale_all_dim")
-        attention_factor = mscale(factor, ms) / mscale(factor, ms_all) if ms and ms_all else mscale(factor)
+        attention_factor = (
+            mscale(factor, ms) / mscale(factor, ms_all) if ms and ms_all else mscale(factor)
+        )
     beta_fast, beta_slow = extra.get("beta_fast") or 32, extra.get("beta_slow") or 1
 
     def correction_dim(rotations: float) -> float:
@@ -88,7 +90,9 @@ def _yarn_inv_freq(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
     pos_freqs = base ** (torch.arange(0, dim, 2).float() / dim)  # (hs/2,)
     ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
     extrapolation = 1 - ramp
-    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (
+        1.0 / pos_freqs
+    ) * extrapolation
     return inv_freq, float(attention_factor)
 
 
@@ -138,7 +142,11 @@ _HAS_ENABLE_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2,
 
 
 def sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool = False
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    causal: bool = False,
 ) -> torch.Tensor:
     """Scaled dot-product attention with grouped K/V heads.
 
@@ -281,7 +289,9 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
 
     @classmethod
-    def from_checkpoint(cls, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype) -> Transformer:
+    def from_checkpoint(
+        cls, ckpt: Checkpoint, device: torch.device, dtype: torch.dtype
+    ) -> Transformer:
         """Build the model on ``device`` holding the checkpoint's weights in ``dtype``.
 
         It is built on the meta device first so that no time is spent on random init of weights
@@ -297,7 +307,9 @@ class Transformer(nn.Module):
             state["lm_head.weight"] = state["embed_tokens.weight"]
         model.load_state_dict(state, strict=True, assign=True)
         if ckpt.config.tie_word_embeddings:
-            model.lm_head.weight = model.embed_tokens.weight  # assign=True split the tie; restore it
+            model.lm_head.weight = (
+                model.embed_tokens.weight
+            )  # assign=True split the tie; restore it
         return model.eval()
 
     def forward(

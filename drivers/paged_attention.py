@@ -48,8 +48,8 @@ class PagedAttentionMetadata:
     seq_lens: torch.Tensor  # (T,) context length of the token's sequence after this step
     slot_mapping: torch.Tensor  # (T,) flat KV slot each token's K/V is written to
     decode_tokens: torch.Tensor  # (B,) flat indices of the decode group's tokens
-    decode_slots: torch.Tensor  # (B * Lmax,) slots of their contexts, padded with slot 0
-    decode_key_pos: torch.Tensor  # (1, Lmax) key positions 0..Lmax-1
+    decode_blocks: torch.Tensor  # (B * nb,) their block tables, padded with block 0
+    decode_key_pos: torch.Tensor  # (1, Lmax) key positions 0..Lmax-1, Lmax = nb * block_size
     decode_lens: torch.Tensor  # (B, 1) context length of each decode sequence
     prefills: list[PrefillChunk]
     _decode_masks: dict[int | None, torch.Tensor] = field(default_factory=dict)
@@ -64,8 +64,8 @@ class PagedAttentionMetadata:
         return self._decode_masks[window]
 
 
-def build_metadata(batch: StepBatch, num_blocks: int, device: torch.device) -> PagedAttentionMetadata:
-    """Turn block tables and positions into slot mappings and gather indices.
+def check_batch(batch: StepBatch, num_blocks: int) -> int:
+    """Validate every sequence's chunk and block table; return the longest table's length.
 
     Raises:
         KernelError: EINVAL if a sequence has no tokens, a block table does not cover the
@@ -75,7 +75,9 @@ def build_metadata(batch: StepBatch, num_blocks: int, device: torch.device) -> P
     max_blocks = 1
     for s in batch.seqs:
         if not s.token_ids or s.start_pos < 0:
-            raise KernelError("EINVAL", f"step: sequence {s.seq_id} has no tokens or a negative start_pos")
+            raise KernelError(
+                "EINVAL", f"step: sequence {s.seq_id} has no tokens or a negative start_pos"
+            )
         if len(s.block_table) * bs < s.context_len:
             raise KernelError(
                 "EINVAL",
@@ -83,10 +85,27 @@ def build_metadata(batch: StepBatch, num_blocks: int, device: torch.device) -> P
                 f"needs {s.context_len}",
             )
         if any(not 0 <= b < num_blocks for b in s.block_table):
-            raise KernelError("EINVAL", f"step: sequence {s.seq_id} names a block outside [0, {num_blocks})")
+            raise KernelError(
+                "EINVAL", f"step: sequence {s.seq_id} names a block outside [0, {num_blocks})"
+            )
         max_blocks = max(max_blocks, len(s.block_table))
+    return max_blocks
+
+
+def build_metadata(
+    batch: StepBatch, num_blocks: int, device: torch.device
+) -> PagedAttentionMetadata:
+    """Turn block tables and positions into slot mappings and gather indices.
+
+    Raises:
+        KernelError: EINVAL for a bad chunk or block table (``check_batch``), or when two
+            tokens of the step would write the same KV slot (a shared block not copied first).
+    """
+    bs = batch.block_size
+    max_blocks = check_batch(batch, num_blocks)
     tables = torch.tensor(
-        [s.block_table + [0] * (max_blocks - len(s.block_table)) for s in batch.seqs], dtype=torch.long
+        [s.block_table + [0] * (max_blocks - len(s.block_table)) for s in batch.seqs],
+        dtype=torch.long,
     )  # (S, max_blocks)
     all_slots = (tables[:, :, None] * bs + torch.arange(bs)).view(len(batch.seqs), -1)  # (S, Lcap)
 
@@ -110,16 +129,20 @@ def build_metadata(batch: StepBatch, num_blocks: int, device: torch.device) -> P
 
     pos_t = torch.tensor(positions, dtype=torch.long)
     slot_mapping = all_slots[torch.tensor(seq_index, dtype=torch.long), pos_t]  # (T,)
+    if torch.unique(slot_mapping).numel() != slot_mapping.numel():
+        raise KernelError("EINVAL", "step: two tokens of the batch write the same KV slot")
     dec_lens = torch.tensor([batch.seqs[i].context_len for i in decode_rows], dtype=torch.long)
-    l_max = int(dec_lens.max()) if decode_rows else 0
-    dec_slots = all_slots[torch.tensor(decode_rows, dtype=torch.long), :l_max]  # (B, Lmax)
+    # Gather whole blocks, not single slots: a block is one contiguous (bs, nkv, hs) frame, so
+    # this copies the same bytes with block_size times fewer indices.
+    nb = -(-int(dec_lens.max()) // bs) if decode_rows else 0
+    dec_blocks = tables[torch.tensor(decode_rows, dtype=torch.long), :nb]  # (B, nb)
     return PagedAttentionMetadata(
         positions=pos_t.to(device),
         seq_lens=torch.tensor(seq_lens, dtype=torch.long).to(device),
         slot_mapping=slot_mapping.to(device),
         decode_tokens=torch.tensor(decode_tokens, dtype=torch.long).to(device),
-        decode_slots=dec_slots.reshape(-1).to(device),
-        decode_key_pos=torch.arange(l_max, device=device)[None, :],
+        decode_blocks=dec_blocks.reshape(-1).to(device),
+        decode_key_pos=torch.arange(nb * bs, device=device)[None, :],
         decode_lens=dec_lens[:, None].to(device),
         prefills=prefills,
     )
@@ -138,26 +161,28 @@ class PagedAttend:
         """q (T, nh, hs), k and v (T, nkv, hs) of this step's tokens -> output (T, nh, hs)."""
         meta = self.meta
         k_pool, v_pool = self.cache.flat(layer)  # (num_blocks * bs, nkv, hs)
+        k_blocks, v_blocks = self.cache.k[layer], self.cache.v[layer]  # (num_blocks, bs, nkv, hs)
         # Write first: a token must see its own key, and later chunks read these slots.
         k_pool.index_copy_(0, meta.slot_mapping, k.to(k_pool.dtype))
         v_pool.index_copy_(0, meta.slot_mapping, v.to(v_pool.dtype))
         out = torch.empty_like(q)
         if meta.decode_tokens.numel():
-            out[meta.decode_tokens] = self._decode(q, k_pool, v_pool, window)
+            out[meta.decode_tokens] = self._decode(q, k_blocks, v_blocks, window)
         for chunk in meta.prefills:
             rows = slice(chunk.first, chunk.first + chunk.num_tokens)
             out[rows] = self._prefill(q[rows], k[rows], v[rows], k_pool, v_pool, chunk, window)
         return out
 
     def _decode(
-        self, q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, window: int | None
+        self, q: torch.Tensor, k_blocks: torch.Tensor, v_blocks: torch.Tensor, window: int | None
     ) -> torch.Tensor:
         meta = self.meta
         B = meta.decode_tokens.shape[0]
-        L, nkv, hs = meta.decode_key_pos.shape[1], k_pool.shape[1], k_pool.shape[2]
+        L, nkv, hs = meta.decode_key_pos.shape[1], k_blocks.shape[2], k_blocks.shape[3]
         qd = q[meta.decode_tokens][:, :, None, :]  # (B, nh, 1, hs)
-        kd = k_pool.index_select(0, meta.decode_slots).view(B, L, nkv, hs).transpose(1, 2)  # (B, nkv, L, hs)
-        vd = v_pool.index_select(0, meta.decode_slots).view(B, L, nkv, hs).transpose(1, 2)
+        kd = k_blocks.index_select(0, meta.decode_blocks).view(B, L, nkv, hs)  # (B, L, nkv, hs)
+        vd = v_blocks.index_select(0, meta.decode_blocks).view(B, L, nkv, hs)
+        kd, vd = kd.transpose(1, 2), vd.transpose(1, 2)  # (B, nkv, L, hs)
         od = sdpa(qd, kd.to(q.dtype), vd.to(q.dtype), meta.decode_mask(window))  # (B, nh, 1, hs)
         return od[:, :, 0, :]  # (B, nh, hs)
 

@@ -51,7 +51,9 @@ def check_params(params: SamplingParams) -> None:
         raise KernelError("EINVAL", f"sampling: sample_index {params.sample_index} must be >= 0")
 
 
-def filtered_probs(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+def filtered_probs(
+    logits: torch.Tensor, params: SamplingParams
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The distribution sampled from: (probs, token ids), both (K,), most likely first.
 
     Temperature scales logits; top-k keeps the k largest; top-p keeps the smallest prefix whose
@@ -84,7 +86,9 @@ def sample_one(logits: torch.Tensor, params: SamplingParams) -> int:
     u = uniform_draw(params.seed, params.sample_index)
     cdf = torch.cumsum(probs, dim=0)
     # The first token whose cumulative mass exceeds u; clamp guards a cdf that ends below 1.
-    index = min(int(torch.searchsorted(cdf, torch.tensor([u], dtype=cdf.dtype), right=True)), len(ids) - 1)
+    index = min(
+        int(torch.searchsorted(cdf, torch.tensor([u], dtype=cdf.dtype), right=True)), len(ids) - 1
+    )
     return int(ids[index])
 
 
@@ -95,14 +99,16 @@ def sample_batch(logits: torch.Tensor, params: Sequence[SamplingParams]) -> list
     are sampled one by one, because each has its own generator.
     """
     if logits.shape[0] != len(params):
-        raise KernelError("EINVAL", f"sampling: {logits.shape[0]} rows of logits, {len(params)} params")
+        raise KernelError(
+            "EINVAL", f"sampling: {logits.shape[0]} rows of logits, {len(params)} params"
+        )
     for p in params:
         check_params(p)
     tokens: list[int] = [0] * len(params)
     greedy = [i for i, p in enumerate(params) if p.temperature == 0.0]
     if greedy:
         picks = torch.argmax(logits[greedy], dim=-1).tolist()
-        for i, token in zip(greedy, picks):
+        for i, token in zip(greedy, picks, strict=True):
             tokens[i] = int(token)
     rest = [i for i, p in enumerate(params) if p.temperature != 0.0]
     if rest:

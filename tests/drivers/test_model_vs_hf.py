@@ -9,6 +9,7 @@ transformers runs with its own past_key_values; greedy continuations must be ide
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,23 @@ transformers = pytest.importorskip("transformers")
 from llmos.drivers.engine import TorchEngine  # noqa: E402
 from llmos.kernel.batch import SamplingParams, SeqChunk, StepBatch  # noqa: E402
 
+# transformers 5 renamed past_key_values to cache; the old name still works, and 4.x needs it.
+pytestmark = pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
+
 ATOL = 1e-4
 BLOCK_SIZE = 4
 GREEDY = SamplingParams(temperature=0.0)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP
+    spin-waiting makes them up to 100x slower; restore the setting for whatever runs next."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 BASE: dict[str, Any] = {
     "hidden_size": 64,
@@ -41,13 +56,19 @@ BASE: dict[str, Any] = {
 
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "llama-gqa-untied": ("llama", {"rope_theta": 10000.0, "tie_word_embeddings": False}),
-    "llama-mqa-tied": ("llama", {"num_key_value_heads": 1, "rope_theta": 500000.0, "tie_word_embeddings": True}),
+    "llama-mqa-tied": (
+        "llama",
+        {"num_key_value_heads": 1, "rope_theta": 500000.0, "tie_word_embeddings": True},
+    ),
     "llama-mha-bias-headdim": (
         "llama",
         {"num_key_value_heads": 4, "head_dim": 32, "attention_bias": True, "rope_theta": 100.0},
     ),
     "qwen2-bias-tied": ("qwen2", {"rope_theta": 1000000.0, "tie_word_embeddings": True}),
-    "mistral-window": ("mistral", {"rope_theta": 1000000.0, "sliding_window": 6, "num_hidden_layers": 3}),
+    "mistral-window": (
+        "mistral",
+        {"rope_theta": 1000000.0, "sliding_window": 6, "num_hidden_layers": 3},
+    ),
     "llama-rope-linear": ("llama", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
     "llama-rope-dynamic": (
         "llama",
@@ -68,7 +89,13 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "qwen2-rope-yarn": (
         "qwen2",
-        {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}},
+        {
+            "rope_scaling": {
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 64,
+            }
+        },
     ),
 }
 
@@ -115,7 +142,9 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Any, TorchEngi
     return hf, engine_for(tmp_path)
 
 
-def test_logits_match_at_every_prefill_position_and_decode_step(case: tuple[Any, TorchEngine]) -> None:
+def test_logits_match_at_every_prefill_position_and_decode_step(
+    case: tuple[Any, TorchEngine],
+) -> None:
     hf, engine = case
     gen = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, BASE["vocab_size"], (11,), generator=gen).tolist()

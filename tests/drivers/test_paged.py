@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,16 @@ from llmos.kernel.errors import KernelError
 
 PROMPT_LENS = [1, 2, 9, 23, 40, 70]
 NUM_NEW = 6
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP
+    spin-waiting makes them up to 100x slower; restore the setting for whatever runs next."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def write_checkpoint(path: Path, seed: int = 0, **overrides: Any) -> None:
@@ -46,8 +57,11 @@ def write_checkpoint(path: Path, seed: int = 0, **overrides: Any) -> None:
     }
     gen = torch.Generator().manual_seed(seed)
     shapes = expected_shapes(parse_config(raw, path / "config.json"))
-    tensors = {name: torch.randn(shape, generator=gen) * (0.3 if len(shape) == 2 else 0.05) + (len(shape) == 1)
-               for name, shape in shapes.items()}
+    tensors = {
+        name: torch.randn(shape, generator=gen) * (0.3 if len(shape) == 2 else 0.05)
+        + (len(shape) == 1)
+        for name, shape in shapes.items()
+    }
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(raw))
     save_file(tensors, str(path / "model.safetensors"))
@@ -66,7 +80,9 @@ class Seq:
     generated: list[int] = field(default_factory=list)
 
 
-def run_planner(engine: TorchEngine, seqs: list[Seq], block_size: int, num_new: int) -> list[list[int]]:
+def run_planner(
+    engine: TorchEngine, seqs: list[Seq], block_size: int, num_new: int
+) -> list[list[int]]:
     """Run all sequences to ``num_new`` tokens each, batched, with chunked prefill."""
     free = list(range(engine.kv.num_blocks))  # type: ignore[union-attr]
     random.Random(7).shuffle(free)
@@ -88,7 +104,7 @@ def run_planner(engine: TorchEngine, seqs: list[Seq], block_size: int, num_new: 
             chunks.append(SeqChunk(i, tokens, s.computed, list(s.table), sample, sampling))
             owners.append(s)
         result = engine.step(StepBatch(chunks, block_size)) if chunks else None
-        for s, c, tok in zip(owners, chunks, result.tokens if result else []):
+        for s, c, tok in zip(owners, chunks, result.tokens if result else [], strict=False):
             s.computed += len(c.token_ids)
             if tok is not None:
                 s.generated.append(tok)
@@ -114,6 +130,7 @@ def dense_greedy(engine: TorchEngine, prompt: list[int], num_new: int) -> list[i
 
 
 def make_engine(path: Path, block_size: int) -> TorchEngine:
+    """An engine with the checkpoint loaded and just enough blocks for all PROMPT_LENS."""
     engine = TorchEngine()
     engine.load_model(path)
     need = sum(-(-(n + NUM_NEW) // block_size) for n in PROMPT_LENS)
@@ -123,20 +140,30 @@ def make_engine(path: Path, block_size: int) -> TorchEngine:
 
 CONFIGS = {
     "gqa": {},
-    "mqa-window": {"architectures": ["MistralForCausalLM"], "num_key_value_heads": 1, "sliding_window": 5},
+    "mqa-window": {
+        "architectures": ["MistralForCausalLM"],
+        "num_key_value_heads": 1,
+        "sliding_window": 5,
+    },
 }
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 @pytest.mark.parametrize("block_size", [1, 16, 64])
-def test_batched_chunked_paged_equals_alone_and_dense(tmp_path: Path, block_size: int, config: str) -> None:
+def test_batched_chunked_paged_equals_alone_and_dense(
+    tmp_path: Path, block_size: int, config: str
+) -> None:
     write_checkpoint(tmp_path, **CONFIGS[config])
     engine = make_engine(tmp_path, block_size)
     greedy = SamplingParams(temperature=0.0)
-    batched = [Seq(p, chunk=3 + 4 * i, arrival=i % 3, sampling=greedy) for i, p in enumerate(prompts())]
+    batched = [
+        Seq(p, chunk=3 + 4 * i, arrival=i % 3, sampling=greedy) for i, p in enumerate(prompts())
+    ]
     got = run_planner(engine, batched, block_size, NUM_NEW)
-    for prompt, tokens in zip(prompts(), got):
-        alone = run_planner(engine, [Seq(prompt, chunk=10_000, arrival=0, sampling=greedy)], block_size, NUM_NEW)
+    for prompt, tokens in zip(prompts(), got, strict=True):
+        alone = run_planner(
+            engine, [Seq(prompt, chunk=10_000, arrival=0, sampling=greedy)], block_size, NUM_NEW
+        )
         assert tokens == alone[0]
         assert tokens == dense_greedy(engine, prompt, NUM_NEW)
 
@@ -144,11 +171,16 @@ def test_batched_chunked_paged_equals_alone_and_dense(tmp_path: Path, block_size
 def test_random_sampling_does_not_depend_on_batch(tmp_path: Path) -> None:
     write_checkpoint(tmp_path)
     engine = make_engine(tmp_path, 16)
-    params = [SamplingParams(temperature=1.3, top_k=50, top_p=0.9, seed=100 + i) for i in range(len(PROMPT_LENS))]
+    params = [
+        SamplingParams(temperature=1.3, top_k=50, top_p=0.9, seed=100 + i)
+        for i in range(len(PROMPT_LENS))
+    ]
     batched = [Seq(p, chunk=5, arrival=i, sampling=params[i]) for i, p in enumerate(prompts())]
     got = run_planner(engine, batched, 16, NUM_NEW)
     for i, prompt in enumerate(prompts()):
-        alone = run_planner(engine, [Seq(prompt, chunk=64, arrival=0, sampling=params[i])], 16, NUM_NEW)
+        alone = run_planner(
+            engine, [Seq(prompt, chunk=64, arrival=0, sampling=params[i])], 16, NUM_NEW
+        )
         assert got[i] == alone[0]
     assert len({tuple(t) for t in got}) > 1
 
@@ -167,7 +199,9 @@ def test_swap_out_and_in_to_other_blocks_then_continue(tmp_path: Path) -> None:
     engine.zero_blocks(table)  # the pool forgets; only the host copy remains
     new_table = [15, 9, 11, 6, 7, 8]
     engine.swap_in(new_table, host)
-    second = engine.step(StepBatch([SeqChunk(1, [first], 23, new_table + [10], True, greedy)], 4)).tokens[0]
+    second = engine.step(
+        StepBatch([SeqChunk(1, [first], 23, new_table + [10], True, greedy)], 4)
+    ).tokens[0]
     assert [first, second] == expected[:2]
 
 
@@ -181,7 +215,11 @@ def test_fork_shares_prefix_and_copies_last_block(tmp_path: Path) -> None:
     first = engine.step(StepBatch([SeqChunk(1, prompt, 0, [0, 1, 2], True, greedy)], 4)).tokens[0]
     engine.copy_blocks([(2, 7)])  # copy-on-write of the shared, partly filled last block
     batch = StepBatch(
-        [SeqChunk(1, [first], 9, [0, 1, 2], True, greedy), SeqChunk(2, [first], 9, [0, 1, 7], True, greedy)], 4
+        [
+            SeqChunk(1, [first], 9, [0, 1, 2], True, greedy),
+            SeqChunk(2, [first], 9, [0, 1, 7], True, greedy),
+        ],
+        4,
     )
     parent, child = engine.step(batch).tokens
     assert parent == child == dense_greedy(engine, prompt, 2)[1]
@@ -206,6 +244,9 @@ def test_step_rejects_bad_batches(tmp_path: Path) -> None:
         StepBatch([SeqChunk(1, [1], 0, [4], True, greedy)], 4),  # block outside the pool
         StepBatch([SeqChunk(1, [128], 0, [0], True, greedy)], 4),  # token outside the vocabulary
         StepBatch([SeqChunk(1, [1], 0, [0], True, SamplingParams(temperature=-1.0))], 4),
+        StepBatch(
+            [SeqChunk(1, [1], 0, [0], True, greedy), SeqChunk(2, [1], 0, [0], True, greedy)], 4
+        ),
     ]
     for batch in bad_batches:
         with pytest.raises(KernelError) as info:
