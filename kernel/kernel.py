@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -34,6 +35,8 @@ from .supervisor import ServerFactory, Supervisor
 from .syscalls import BLOCKING_SYSCALLS, SYSCALLS
 
 VERSION = "0.1.0"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -187,12 +190,19 @@ class Kernel:
                     stream = await listener.accept()
                     creds = peer_credentials(stream)
                     uid = creds[1] if creds else os.getuid()
-                    nursery.start_soon(self.serve_session, FramedMessageStream(stream), uid, "default", allow_hello=True)
+                    nursery.start_soon(self._serve_connection, FramedMessageStream(stream), uid)
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()
             if os.path.exists(path):
                 os.unlink(path)
+
+    async def _serve_connection(self, stream: FramedMessageStream, uid: int) -> None:
+        # One connection's failure must never take the kernel down with it.
+        try:
+            await self.serve_session(stream, uid, "default", allow_hello=True)
+        except Exception:
+            log.exception("connection of uid %d failed", uid)
 
     # -- tenant tokens -----------------------------------------------------------------------
 

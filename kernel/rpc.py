@@ -46,7 +46,13 @@ async def serve_stream(
     """
     async with trio.open_nursery() as nursery:
         in_flight = trio.CapacityLimiter(params.MAX_PENDING_PER_CONNECTION)
+        served = 0
         while True:
+            served += 1
+            if served % 64 == 0:
+                # Streams skip the scheduler when data is ready; yield now and then so one
+                # busy connection cannot starve the others.
+                await trio.lowlevel.checkpoint()
             try:
                 message = await stream.receive()
             except trio.EndOfChannel:

@@ -190,6 +190,12 @@ class DeviceScheduler:
             proc.acct.time_running_s += result.elapsed_s
             proc.acct.num_steps += 1
             proc.num_computed = chunk.context_len
+            if chunk.sample and proc.state is ProcState.STOPPED:
+                # Stopped while this step ran: drop the token so nothing appears after
+                # kill -STOP returned. Sampling is stateless, so after SIGCONT the same token
+                # is drawn again from the last position, whose KV we rewrite identically.
+                proc.num_computed -= 1
+                continue
             if chunk.sample and token is not None:
                 proc.output_ids.append(int(token))
                 if proc.first_token_at is None:

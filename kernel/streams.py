@@ -43,16 +43,24 @@ class MemoryMessageStream:
 
     async def send(self, message: dict[str, Any]) -> None:
         """Encode and send; raises ``trio.BrokenResourceError`` if the peer has closed."""
-        await self._send_channel.send(codec.encode(message))
+        await self.send_raw(codec.encode(message))
 
     async def send_raw(self, payload: bytes) -> None:
-        """Send an arbitrary payload (tests use this to deliver malformed input)."""
-        await self._send_channel.send(payload)
+        """Send an encoded payload (tests also use this to deliver malformed input)."""
+        # Fast path: skip the scheduling round when the buffer has room. The receiver still
+        # runs only when we next block, so this changes latency, not ordering.
+        try:
+            self._send_channel.send_nowait(payload)
+        except trio.WouldBlock:
+            await self._send_channel.send(payload)
 
     async def receive(self) -> dict[str, Any]:
         """Receive and decode the next message."""
         try:
-            payload = await self._receive_channel.receive()
+            try:
+                payload = self._receive_channel.receive_nowait()
+            except trio.WouldBlock:
+                payload = await self._receive_channel.receive()
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise trio.EndOfChannel from None
         return codec.decode(payload)

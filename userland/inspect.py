@@ -1,0 +1,36 @@
+"""``llmos ps`` and ``llmos uname``: look at a running kernel through libllm."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import libllm
+
+PS_COLUMNS = ("pid", "ppid", "uid", "tenant", "state", "nice", "model", "prompt_tokens", "generated_tokens", "max_tokens")
+
+
+def format_table(rows: list[dict], columns: tuple[str, ...]) -> str:
+    """Rows as an aligned text table, like ps(1)."""
+    headers = [c.upper().replace("_TOKENS", "") for c in columns]
+    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    """Entry point of ``llmos ps`` and ``llmos uname``."""
+    try:
+        with libllm.connect(args.socket) as llm:
+            if args.command == "ps":
+                rows = llm.ps()
+                print(json.dumps(rows) if args.json else format_table(rows, PS_COLUMNS))
+            else:
+                print(json.dumps(llm.uname(), indent=2))
+    except libllm.LLMOSError as exc:
+        print(f"llmos {args.command}: {exc.message} ({exc.errno})", file=sys.stderr)
+        return 1
+    return 0
