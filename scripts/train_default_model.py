@@ -87,7 +87,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # model
     p.add_argument("--hidden-size", type=int, default=256)
     p.add_argument("--intermediate-size", type=int, default=688)
-    p.add_argument("--num-layers", type=int, default=6)
+    p.add_argument("--num-layers", type=int, default=4)
     p.add_argument("--num-heads", type=int, default=8)
     p.add_argument("--num-kv-heads", type=int, default=2, help="< num-heads: exercises GQA")
     p.add_argument("--max-positions", type=int, default=1024)
@@ -426,12 +426,19 @@ def verify_export(out: Path, held_out_windows: torch.Tensor) -> float:
 # --------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    t0 = time.perf_counter()
+@dataclass
+class PreparedData:
+    corpus_info: dict
+    tokenizer: Tokenizer
+    train_stream: torch.Tensor  # (N_train,) int32 token ids
+    held_stream: torch.Tensor  # (N_held,) int32 token ids
+    train_windows: torch.Tensor  # (eval_sequences, seq_len + 1) for the final train loss
+    held_windows: torch.Tensor  # (eval_sequences, seq_len + 1) for the held-out loss
+    snippet_tokens: int  # tokens in ROUND_TRIP_SNIPPET (a compression sanity figure)
 
+
+def prepare_data(args: argparse.Namespace) -> PreparedData:
+    t0 = time.perf_counter()
     docs = collect_corpus(stdlib_root(), args.max_file_bytes, args.max_corpus_bytes)
     held_out = [d for d in docs if is_held_out(d.rel_path, args.held_out_percent)]
     train_docs = [d for d in docs if not is_held_out(d.rel_path, args.held_out_percent)]
@@ -439,70 +446,65 @@ def main(argv: list[str] | None = None) -> None:
     print(f"corpus: {corpus_info['num_files']} files, {corpus_info['num_bytes'] / 1e6:.1f} MB; "
           f"held out {len(held_out)} files", flush=True)
 
+    # The tokenizer never sees held-out files, so held-out perplexity is honest.
     tokenizer = train_tokenizer([d.text for d in train_docs], args.vocab_size)
-    snippet_tokens = check_round_trip(tokenizer)
     train_stream = encode_stream(tokenizer, train_docs)
     held_stream = encode_stream(tokenizer, held_out)
-    held_windows = eval_windows(held_stream, args.seq_len, args.eval_sequences)
-    train_windows = eval_windows(train_stream, args.seq_len, args.eval_sequences)
+    data = PreparedData(
+        corpus_info=corpus_info,
+        tokenizer=tokenizer,
+        train_stream=train_stream,
+        held_stream=held_stream,
+        train_windows=eval_windows(train_stream, args.seq_len, args.eval_sequences),
+        held_windows=eval_windows(held_stream, args.seq_len, args.eval_sequences),
+        snippet_tokens=check_round_trip(tokenizer),
+    )
+    num_tokens = train_stream.numel() + held_stream.numel()
     print(f"tokenizer: vocab {tokenizer.get_vocab_size()}, train {train_stream.numel():,} tokens "
-          f"({corpus_info['num_bytes'] / (train_stream.numel() + held_stream.numel()):.2f} B/tok), "
-          f"held out {held_stream.numel():,} tokens, {held_windows.size(0)} eval windows; "
+          f"({corpus_info['num_bytes'] / num_tokens:.2f} bytes/token), held out "
+          f"{held_stream.numel():,} tokens, {data.held_windows.size(0)} eval windows; "
           f"setup {time.perf_counter() - t0:.1f}s", flush=True)
+    return data
 
-    config = build_config(args, tokenizer)
-    model = build_model(config)
-    num_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {num_params:,} parameters", flush=True)
 
-    state = train(model, train_stream, held_windows, args)
-
-    train_loss = evaluate(model, train_windows, autocast=False)
-    held_loss = evaluate(model, held_windows, autocast=False)
-    print(f"final: train loss {train_loss:.4f} (ppl {math.exp(train_loss):.2f}), held-out loss "
-          f"{held_loss:.4f} (ppl {math.exp(held_loss):.2f}) over {held_windows.size(0)} x "
-          f"{args.seq_len} tokens", flush=True)
-    samples = generate_samples(model, tokenizer, args.seed)
-
-    export(model, tokenizer, args.out, args.dtype)
-    stored_loss = verify_export(args.out, held_windows)
-    print(f"reloaded {args.dtype} export: held-out loss {stored_loss:.4f} "
-          f"(ppl {math.exp(stored_loss):.2f})", flush=True)
-
-    metadata = {
-        "description": "LLMOS embedded default model: tiny Llama trained on Python stdlib sources",
-        "command": "python scripts/train_default_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "corpus": corpus_info,
+def build_metadata(args, argv, data: PreparedData, config, num_params: int, state: dict,
+                   losses: dict[str, float], samples: list[dict], total_wall_s: float) -> dict:
+    tok = data.tokenizer
+    model_keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps",
+                  "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id")
+    history = state["history"]
+    return {
+        "description": "LLMOS embedded default model: a tiny Llama trained on the Python "
+                       "standard library sources of the training interpreter",
+        "command": " ".join(["python", "scripts/train_default_model.py",
+                             *(sys.argv[1:] if argv is None else argv)]),
+        "corpus": data.corpus_info,
         "tokenizer": {
-            "type": "byte-level BPE (tokenizers library), GPT-2 pre-tokenizer regex, no prefix space",
-            "vocab_size": tokenizer.get_vocab_size(),
-            "special_tokens": {tok: tokenizer.token_to_id(tok) for tok in SPECIAL_TOKENS},
+            "type": "byte-level BPE (tokenizers), GPT-2 pre-tokenizer regex, no prefix space",
+            "vocab_size": tok.get_vocab_size(),
+            "special_tokens": {t: tok.token_to_id(t) for t in SPECIAL_TOKENS},
             "adds_special_tokens": False,
-            "train_tokens": train_stream.numel(),
-            "held_out_tokens": held_stream.numel(),
-            "round_trip_snippet_tokens": snippet_tokens,
+            "train_tokens": data.train_stream.numel(),
+            "held_out_tokens": data.held_stream.numel(),
+            "round_trip_snippet": ROUND_TRIP_SNIPPET,
+            "round_trip_snippet_tokens": data.snippet_tokens,
         },
         "model": {"architecture": "LlamaForCausalLM", "num_parameters": num_params,
-                  "stored_dtype": args.dtype, **{k: getattr(config, k) for k in (
-                      "hidden_size", "intermediate_size", "num_hidden_layers",
-                      "num_attention_heads", "num_key_value_heads", "head_dim",
-                      "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings")},
-                  "rope_theta": args.rope_theta},
-        "training": {k: v for k, v in vars(args).items() if k not in ("out", "ckpt_dir", "resume")},
+                  "stored_dtype": args.dtype, "rope_theta": args.rope_theta,
+                  **{k: getattr(config, k) for k in model_keys}},
+        "training": {k: v for k, v in vars(args).items()
+                     if k not in ("out", "ckpt_dir", "resume", "ckpt_every")},
         "results": {
             "steps": state["step"],
             "tokens_seen": state["step"] * args.batch_size * args.seq_len,
-            "final_train_loss_logged": state["history"][-1][1],
-            "train_loss": train_loss,
-            "train_perplexity": math.exp(train_loss),
-            "held_out_loss": held_loss,
-            "held_out_perplexity": math.exp(held_loss),
-            "held_out_eval": f"{held_windows.size(0)} fixed windows x {args.seq_len} tokens, fp32",
-            "held_out_loss_stored_dtype": stored_loss,
-            "held_out_perplexity_stored_dtype": math.exp(stored_loss),
+            "last_logged_train_loss": history[-1][1],
+            **{k: round(v, 4) for k, v in losses.items()},
+            "held_out_eval": f"{data.held_windows.size(0)} fixed windows x {args.seq_len} tokens; "
+                             "perplexity = exp(mean token cross-entropy)",
             "train_wall_time_s": round(state["train_wall_s"], 1),
-            "total_wall_time_s": round(time.perf_counter() - t0, 1),
-            "loss_history": state["history"][:: max(1, len(state["history"]) // 40)],
+            "total_wall_time_s": round(total_wall_s, 1),
+            "loss_history": history[:: max(1, len(history) // 40)],
             "held_out_history": state["eval_history"],
         },
         "samples": samples,
@@ -511,7 +513,42 @@ def main(argv: list[str] | None = None) -> None:
                         "tokenizers": __import__("tokenizers").__version__,
                         "machine": platform.machine(), "threads": args.threads},
     }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    data = prepare_data(args)
+
+    config = build_config(args, data.tokenizer)
+    model = build_model(config)
+    num_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {num_params:,} parameters", flush=True)
+    state = train(model, data.train_stream, data.held_windows, args)
+
+    # Final figures in fp32, no autocast; then again on the exported (rounded) weights.
+    train_loss = evaluate(model, data.train_windows, autocast=False)
+    held_loss = evaluate(model, data.held_windows, autocast=False)
+    samples = generate_samples(model, data.tokenizer, args.seed)
+    export(model, data.tokenizer, args.out, args.dtype)
+    stored_loss = verify_export(args.out, data.held_windows)
+    losses = {
+        "train_loss": train_loss, "train_perplexity": math.exp(train_loss),
+        "held_out_loss": held_loss, "held_out_perplexity": math.exp(held_loss),
+        "held_out_loss_stored_weights": stored_loss,
+        "held_out_perplexity_stored_weights": math.exp(stored_loss),
+    }
+    metadata = build_metadata(args, argv, data, config, num_params, state, losses, samples,
+                              time.perf_counter() - t0)
     (args.out / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+
+    print(f"final: train loss {train_loss:.4f} (ppl {math.exp(train_loss):.2f})")
+    print(f"final: held-out loss {held_loss:.4f} (ppl {math.exp(held_loss):.2f}) over "
+          f"{data.held_windows.size(0)} x {args.seq_len} tokens; stored {args.dtype} weights: "
+          f"loss {stored_loss:.4f} (ppl {math.exp(stored_loss):.2f})")
+    print(f"train wall time {state['train_wall_s']:.1f}s, total {time.perf_counter() - t0:.1f}s")
     for f in sorted(args.out.iterdir()):
         print(f"wrote {f} ({f.stat().st_size:,} bytes)")
 

@@ -48,7 +48,7 @@ async def _time_calls(llm: libllm.Client, n: int) -> list[int]:
 
 async def bench_in_process(n: int) -> list[int]:
     """Round trips through an in-process kernel."""
-    async with open_kernel(build_config(SystemOptions())) as kernel, libllm.open_client(kernel) as llm:
+    async with open_kernel(build_config(SystemOptions(device="sim"))) as kernel, libllm.open_client(kernel) as llm:
         return await _time_calls(llm, n)
 
 
@@ -107,7 +107,7 @@ def run_bench_ipc(args: argparse.Namespace) -> int:
     results["in_process"] = percentiles_us(trio.run(bench_in_process, n))
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "llmos.sock")
-        kernel = subprocess.Popen([sys.executable, "-m", "llmos.userland.cli", "boot", "--socket", path],
+        kernel = subprocess.Popen([sys.executable, "-m", "llmos.userland.cli", "boot", "--device", "sim", "--socket", path],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + 60

@@ -21,8 +21,9 @@ from llmos.kernel.scheduler import SchedulerConfig
 class SystemOptions:
     """What a user can choose wherever a kernel is booted."""
 
-    device: str = "sim"  # driver kind of the single device: sim (more kinds as drivers land)
-    model: str | None = None  # model name or path; each driver kind has a default
+    device: str = "cpu"  # driver kind of the single device: cpu (real) or sim (cost model only)
+    model: str | None = None  # checkpoint directory, or "default" for the embedded model
+    dtype: str = "float32"  # weights, activations and KV cache on torch devices
     kv_blocks: int = params.NUM_KV_BLOCKS
     block_size: int = params.BLOCK_SIZE
     policy: str = "fcfs"
@@ -33,8 +34,9 @@ class SystemOptions:
 def add_system_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every booting command shares (boot, demo, generate, llmsh)."""
     group = parser.add_argument_group("kernel")
-    group.add_argument("--device", default="sim", choices=sorted(DRIVER_KINDS), help="driver of the device (default: %(default)s)")
-    group.add_argument("--model", default=None, help="model name or checkpoint directory")
+    group.add_argument("--device", default="cpu", choices=sorted(DRIVER_KINDS), help="driver of the device (default: %(default)s)")
+    group.add_argument("--model", default=None, help="checkpoint directory (Hugging Face format), or 'default' for the embedded model")
+    group.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
     group.add_argument("--kv-blocks", type=int, default=params.NUM_KV_BLOCKS, help="KV blocks in the device pool")
     group.add_argument("--block-size", type=int, default=params.BLOCK_SIZE, help="tokens per KV block")
     group.add_argument("--policy", default="fcfs", choices=sorted(POLICIES), help="scheduling policy")
@@ -45,7 +47,7 @@ def add_system_arguments(parser: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace) -> SystemOptions:
     """``SystemOptions`` from parsed command-line arguments."""
     return SystemOptions(
-        device=args.device, model=args.model, kv_blocks=args.kv_blocks, block_size=args.block_size,
+        device=args.device, model=args.model, dtype=args.dtype, kv_blocks=args.kv_blocks, block_size=args.block_size,
         policy=args.policy, max_batch_tokens=args.max_batch_tokens, max_seqs=args.max_seqs,
     )
 
@@ -56,7 +58,26 @@ def _sim_device(options: SystemOptions) -> DeviceConfig:
     return DeviceConfig("sim0", SimDriver, options.model or "sim", {}, options.kv_blocks, options.block_size)
 
 
+def _cpu_device(options: SystemOptions) -> DeviceConfig:
+    from functools import partial
+    from pathlib import Path
+
+    from llmos.drivers.cpu import DEFAULT_MODEL_DIR, TorchDriver, resolve_dtype
+
+    resolve_dtype(options.dtype)  # a bad spelling is a usage error now, not a driver crash later
+    if options.model in (None, "default"):
+        path, name = DEFAULT_MODEL_DIR, "default"
+    else:
+        path = Path(options.model).expanduser()
+        if not path.is_dir():
+            raise ValueError(f"--model {options.model}: no such checkpoint directory")
+        name = path.resolve().name
+    factory = partial(TorchDriver, "cpu", options.dtype)
+    return DeviceConfig("cpu0", factory, name, {"path": str(path)}, options.kv_blocks, options.block_size)
+
+
 DRIVER_KINDS: dict[str, Any] = {
+    "cpu": _cpu_device,
     "sim": _sim_device,
 }
 
