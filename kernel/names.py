@@ -61,6 +61,11 @@ class NameServer:
         if endpoint.ready.is_set():
             endpoint.ready = trio.Event()
 
+    def unbind_client(self, name: str, client: RpcClient) -> None:
+        """Unbind ``name`` if ``client`` is still its binding (a newer instance is left alone)."""
+        if self.endpoint(name).client is client:
+            self.unbind(name)
+
     async def wait_ready(self, name: str, timeout: float = params.CALL_TIMEOUT_S) -> Endpoint:
         """Wait until ``name`` is ready; ETIMEDOUT if it is not within ``timeout`` seconds."""
         if name not in self._endpoints:

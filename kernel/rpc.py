@@ -118,8 +118,9 @@ async def _send_quietly(stream: MessageStream, message: dict[str, Any]) -> bool:
 class RpcClient:
     """Calls over one message stream; replies are matched to callers by id."""
 
-    def __init__(self, stream: MessageStream) -> None:
+    def __init__(self, stream: MessageStream, on_close: Callable[[], None] | None = None) -> None:
         self.stream = stream
+        self._on_close = on_close  # told first when the connection dies, before any caller wakes
         self._next_id = 1
         self._waiters: dict[int, _Waiter] = {}
         self._closed_error: KernelError | None = None
@@ -163,8 +164,15 @@ class RpcClient:
         finally:
             self.fail_all(KernelError("EIO", "the peer closed the connection"))
 
+    @property
+    def closed(self) -> bool:
+        """True once the connection is gone: every call from now on fails with EIO."""
+        return self._closed_error is not None
+
     def fail_all(self, error: KernelError) -> None:
         """Fail every call in flight and every later one with ``error``."""
+        if self._closed_error is None and self._on_close is not None:
+            self._on_close()
         self._closed_error = error
         for waiter in self._waiters.values():
             if not waiter.event.is_set():

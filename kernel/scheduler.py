@@ -126,13 +126,14 @@ class DeviceScheduler:
                 continue
             batch, procs = planned
             self._in_flight = {p.pid for p in procs}
+            client = endpoint.client
             try:
-                if endpoint.client is None:
+                if client is None:
                     raise KernelError("EIO", f"driver {self.endpoint} is restarting")
-                reply = await endpoint.client.call("step", batch.to_wire())
+                reply = await client.call("step", batch.to_wire())
             except KernelError as error:
                 self._in_flight = set()
-                driver_died = error.errno == "EIO" and endpoint.client is None
+                driver_died = error.errno == "EIO" and (client is None or client.closed)
                 if not driver_died:
                     self._fail(procs, error)
                 continue  # a crashed driver: the next turn sees the new generation and recomputes

@@ -71,6 +71,7 @@ class Supervisor:
         if child.cancel_scope is not None:
             child.kill_requested = True
             child.cancel_scope.cancel()
+            self._names.unbind(name)  # not ready from this moment, not when the task unwinds
 
     def restarts(self) -> dict[str, int]:
         """Restart count of every supervised server."""
@@ -109,7 +110,7 @@ class Supervisor:
     async def _run_once(self, child: _Child) -> str | None:
         """Run one instance of ``child``; return a description of its crash, or None if stopped."""
         kernel_end, server_end = memory_stream_pair()
-        client = RpcClient(kernel_end)
+        client = RpcClient(kernel_end, on_close=lambda: self._names.unbind_client(child.name, client))
         crash: str | None = None
         try:
             server = child.factory()

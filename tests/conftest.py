@@ -16,9 +16,13 @@ from llmos.userland.system import SystemOptions, build_config
 def sim_config(**overrides):
     """A small sim kernel: 64 blocks of 4 tokens unless overridden."""
     options = SystemOptions(device="sim", kv_blocks=64, block_size=4, max_batch_tokens=64, max_seqs=8)
+    services = overrides.pop("services", None)
     for key, value in overrides.items():
         setattr(options, key, value)
-    return build_config(options)
+    config = build_config(options)
+    if services is not None:
+        config.services = services
+    return config
 
 
 @pytest.fixture
