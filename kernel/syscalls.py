@@ -200,13 +200,21 @@ async def sys_nice(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str,
 async def sys_ps(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
     """One row per process, like ``ps -e``."""
     Args("ps", raw, ())
-    return {"processes": [p.summary() for p in sorted(k.table, key=lambda p: p.pid)]}
+    rows = []
+    for proc in sorted(k.table, key=lambda p: p.pid):
+        row = proc.summary()
+        row["kv_blocks"] = len(k.devices[proc.device].scheduler.pool.table(proc.pid))
+        rows.append(row)
+    return {"processes": rows}
 
 
 async def sys_stat(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
     """Everything known about one process, accounting included."""
     a = Args("stat", raw, ("pid",))
-    return k.table.get(a.int("pid")).stat(k.now())
+    proc = k.table.get(a.int("pid"))
+    info = proc.stat(k.now())
+    info["kv_blocks"] = len(k.devices[proc.device].scheduler.pool.table(proc.pid))
+    return info
 
 
 async def sys_uname(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,23 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--socket", required=True, help="path of the Unix socket to serve")
     add_system_arguments(boot)
 
+    demo = sub.add_parser("demo", help="the tour: eight processes on the default model, a live process table")
+    demo.add_argument("--max-tokens", type=int, default=48, help="tokens per process (default %(default)s)")
+    add_system_arguments(demo)
+
+    gen = sub.add_parser("generate", help="run prompts as concurrent processes; one JSON line each")
+    source = gen.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="prompt text (the model needs a tokenizer)")
+    source.add_argument("--prompt-ids", help="prompt token ids, comma-separated: 1,2,3")
+    source.add_argument("--prompts", help="JSONL file: one object per line with prompt or prompt_ids, "
+                        "and optional max_tokens, temperature, seed, nice, tenant")
+    gen.add_argument("--max-tokens", type=int, default=64, help="tokens to generate per process (default %(default)s)")
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 for greedy (default %(default)s)")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed (default %(default)s)")
+    gen.add_argument("--json", action="store_true", help="one JSON object per line")
+    gen.add_argument("--socket", default=None, help="use the kernel serving this socket instead of booting one")
+    add_system_arguments(gen)
+
     ps = sub.add_parser("ps", help="list the processes of a running kernel")
     ps.add_argument("--socket", default=None, help="the kernel's socket (default $LLMOS_SOCKET or /tmp/llmos.sock)")
     ps.add_argument("--json", action="store_true", help="print JSON")
@@ -34,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     ipc = bench_sub.add_parser("ipc", help="round trip of a no-op syscall, in-process and over a socket")
     ipc.add_argument("--n", type=int, default=5000, help="round trips per transport")
     ipc.add_argument("--json", action="store_true", help="print JSON")
+    engine = bench_sub.add_parser("engine", help="llmos against Hugging Face transformers: throughput and batch-1 latency")
+    engine.add_argument("--json", action="store_true", help="print JSON")
+    engine.add_argument("--model", default="default", help="checkpoint directory, or 'default' for the embedded model")
+    engine.add_argument("--requests", type=int, default=32, help="requests drawn from the trace (default: %(default)s)")
+    engine.add_argument("--trace", default=None, help="arrivals trace CSV (default: shared/traces/azure_conv_2023.csv beside the repository)")
+    engine.add_argument("--seed", type=int, default=0, help="seed of the request sample and prompt ids")
+    engine.add_argument("--hf-batch-size", type=int, default=8, help="requests per transformers generate call (default: %(default)s)")
     return parser
 
 
@@ -44,6 +68,14 @@ def main(argv: list[str] | None = None) -> int:
         from .boot import run_boot
 
         return run_boot(args)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(args)
+    if args.command == "generate":
+        from .generate import run_generate
+
+        return run_generate(args)
     if args.command in ("ps", "uname"):
         from .inspect import run_inspect
 
@@ -52,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench_ipc import run_bench_ipc
 
         return run_bench_ipc(args)
+    if args.command == "bench" and args.bench == "engine":
+        from .bench_engine import run_bench_engine
+
+        return run_bench_engine(args)
     raise AssertionError(args.command)
 
 
