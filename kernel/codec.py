@@ -63,13 +63,19 @@ def decode(payload: bytes, max_bytes: int = params.MAX_FRAME_BYTES) -> dict[str,
 
 
 def check_depth(value: Any, limit: int = params.MAX_MESSAGE_DEPTH) -> None:
-    """Raise EINVAL if ``value`` nests lists/maps deeper than ``limit`` (iterative, no recursion)."""
+    """Raise EINVAL if ``value`` nests lists/maps deeper than ``limit`` (iterative, no recursion).
+
+    Also EINVAL for a map key that is not a str: msgpack's ``strict_map_key`` still lets bin keys
+    through, and a map mixing str and bytes keys breaks code that sorts or formats its keys.
+    """
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if depth > limit:
             raise KernelError("EINVAL", f"message nests deeper than {limit} levels")
         if isinstance(item, dict):
+            if any(type(key) is not str for key in item):
+                raise KernelError("EINVAL", "message map keys must be strings")
             stack.extend((v, depth + 1) for v in item.values() if isinstance(v, (dict, list)))
         elif isinstance(item, list):
             stack.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))

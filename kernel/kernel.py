@@ -174,7 +174,9 @@ class Kernel:
     async def serve_unix(self, path: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve syscalls on a Unix socket at ``path`` until cancelled; removes the file after.
 
-        Each connection's uid comes from the peer's credentials (SO_PEERCRED).
+        Each connection's uid comes from the peer's credentials (SO_PEERCRED). Cancelling stops
+        new connections only: accepted ones run in the kernel's nursery until it shuts down, so
+        their blocked readers and waiters get the final exit statuses (see ``open_kernel``).
         """
         if os.path.exists(path):
             raise KernelError("EEXIST", f"{path} already exists; is another kernel running? remove it if not")
@@ -184,13 +186,12 @@ class Kernel:
         sock.listen(128)
         listener = trio.SocketListener(sock)
         try:
-            async with trio.open_nursery() as nursery:
-                task_status.started()
-                while True:
-                    stream = await listener.accept()
-                    creds = peer_credentials(stream)
-                    uid = creds[1] if creds else os.getuid()
-                    nursery.start_soon(self._serve_connection, FramedMessageStream(stream), uid)
+            task_status.started()
+            while True:
+                stream = await listener.accept()
+                creds = peer_credentials(stream)
+                uid = creds[1] if creds else os.getuid()
+                self._nursery.start_soon(self._serve_connection, FramedMessageStream(stream), uid)
         finally:
             with trio.CancelScope(shield=True):
                 await listener.aclose()

@@ -116,7 +116,6 @@ class Supervisor:
             server = child.factory()
             async with trio.open_nursery() as nursery:
                 child.cancel_scope = nursery.cancel_scope
-                nursery.start_soon(client.run_receiver)
                 nursery.start_soon(self._serve, server, server_end)
                 self._names.bind(child.name, client)
                 if child.on_start is not None:
