@@ -238,7 +238,23 @@ async def sys_tokenize(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[
     return {"ids": await k.tokenize(device, a.str("text", max_len=params.MAX_PROMPT_TOKENS * 8))}
 
 
+async def sys_token(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
+    """Issue a token that admits a socket connection to a tenant (uid 0 only).
+
+    A connection presents it in its first request, ``hello``; the kernel then attaches that
+    tenant to the connection. Tokens are valid until the kernel reboots.
+    """
+    a = Args("token", raw, ("tenant",))
+    tenant = a.str("tenant", max_len=128)
+    if caller.uid != 0:
+        raise KernelError("EPERM", "token: only uid 0 may issue tenant tokens")
+    if not tenant or not tenant.isprintable():
+        raise KernelError("EINVAL", "token: the tenant must be a non-empty printable name")
+    return {"tenant": tenant, "token": k.issue_token(tenant)}
+
+
 SYSCALLS: dict[str, Handler] = {
+    "token": sys_token,
     "getpid": sys_getpid,
     "spawn": sys_spawn,
     "read": sys_read,

@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     uname = sub.add_parser("uname", help="describe a running kernel: devices, servers, restarts")
     uname.add_argument("--socket", default=None)
 
+    token = sub.add_parser("token", help="issue a tenant token (uid 0 only); clients present it with --token")
+    token.add_argument("--tenant", required=True)
+    token.add_argument("--socket", default=None)
+
     bench = sub.add_parser("bench", help="benchmarks that print their figures")
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH")
     bench_sub.required = True
@@ -58,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--trace", default=None, help="arrivals trace CSV (default: shared/traces/azure_conv_2023.csv beside the repository)")
     engine.add_argument("--seed", type=int, default=0, help="seed of the request sample and prompt ids")
     engine.add_argument("--hf-batch-size", type=int, default=8, help="requests per transformers generate call (default: %(default)s)")
+    engine.add_argument("--threads", type=int, default=2, help="torch intra-op threads for both sides (default: %(default)s)")
     return parser
 
 
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         from .generate import run_generate
 
         return run_generate(args)
-    if args.command in ("ps", "uname"):
+    if args.command in ("ps", "uname", "token"):
         from .inspect import run_inspect
 
         return run_inspect(args)

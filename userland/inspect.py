@@ -1,4 +1,4 @@
-"""``llmos ps`` and ``llmos uname``: look at a running kernel through libllm."""
+"""``llmos ps``, ``uname`` and ``token``: talk to a running kernel through libllm."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ def run_inspect(args: argparse.Namespace) -> int:
             if args.command == "ps":
                 rows = llm.ps()
                 print(json.dumps(rows) if args.json else format_table(rows, PS_COLUMNS))
+            elif args.command == "token":
+                print(llm.call("token", tenant=args.tenant)["token"])
             else:
                 print(json.dumps(llm.uname(), indent=2))
     except libllm.LLMOSError as exc:

@@ -263,3 +263,23 @@ async def test_closing_a_session_kills_its_processes_unless_detached(autojump_cl
     assert kept in pids
     await trio.sleep(10)
     assert kept not in {r["pid"] for r in await root.ps()}  # finished, reaped by init
+
+
+async def test_tenant_tokens_over_the_socket(autojump_clock, kernel, root, llm, tmp_path):
+    with pytest.raises(libllm.EPERM):
+        await llm.call("token", tenant="bob")
+    with pytest.raises(libllm.EINVAL):
+        await root.call("token", tenant="")
+    token = (await root.call("token", tenant="bob"))["token"]
+    path = str(tmp_path / "k.sock")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(kernel.serve_unix, path)
+        async with libllm.open_client(path, token=token) as bob:
+            assert (await bob.getpid())["tenant"] == "bob"
+        async with libllm.open_client(path) as anonymous:
+            assert (await anonymous.getpid())["tenant"] == "default"
+        forged = token[:-1] + ("0" if token[-1] != "0" else "1")
+        with pytest.raises(libllm.EACCES):
+            async with libllm.open_client(path, token=forged):
+                pass
+        nursery.cancel_scope.cancel()
