@@ -38,3 +38,18 @@ def write_checkpoint(path: Path, seed: int = 0, **overrides: Any) -> None:
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(raw))
     save_file(tensors, str(path / "model.safetensors"))
+
+
+def write_tokenizer(path: Path, vocab_size: int = 128) -> None:
+    """Train a tiny byte-level BPE tokenizer on a few lines of Python into ``path/tokenizer.json``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|eos|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = ["def main():\n    return 0\n", "import os\nimport sys\n", "class Stack:\n    pass\n"] * 10
+    tokenizer.train_from_iterator(corpus, trainer)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(path / "tokenizer.json"))
