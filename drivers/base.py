@@ -31,8 +31,8 @@ class DriverServer(Server):
     async def do_init_kv(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Allocate the KV storage: ``num_blocks`` blocks of ``block_size`` tokens."""
         a = Args("init_kv", raw, ("num_blocks", "block_size"))
-        num_blocks = a.int("num_blocks", lo=1, hi=1 << 24)
-        block_size = a.int("block_size", lo=1, hi=4096)
+        num_blocks = a.integer("num_blocks", lo=1, hi=1 << 24)
+        block_size = a.integer("block_size", lo=1, hi=4096)
         await self._init_kv(num_blocks, block_size)
         self.num_blocks, self.block_size = num_blocks, block_size
         return {"num_blocks": num_blocks, "block_size": block_size}

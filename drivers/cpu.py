@@ -60,7 +60,7 @@ class TorchDriver(DriverServer):
     async def do_load_model(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Load a Hugging Face-format checkpoint directory (and its tokenizer, if it has one)."""
         a = Args("load_model", raw, ("path",))
-        path = a.str("path", str(DEFAULT_MODEL_DIR), max_len=4096)
+        path = a.text("path", str(DEFAULT_MODEL_DIR), max_len=4096)
         info = await trio.to_thread.run_sync(self.engine.load_model, path)
         self.tokenizer = None
         if info.get("tokenizer"):
@@ -89,7 +89,7 @@ class TorchDriver(DriverServer):
 
     async def do_tokenize(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Text to token ids."""
-        text = Args("tokenize", raw, ("text",)).str("text")
+        text = Args("tokenize", raw, ("text",)).text("text")
         return {"ids": self._require_tokenizer("tokenize").encode(text, add_special_tokens=False).ids}
 
     async def do_detokenize(self, raw: dict[str, Any]) -> dict[str, Any]:
@@ -109,7 +109,7 @@ class TorchDriver(DriverServer):
         """Copy a swapped-out handle's blocks back into ``blocks``; the handle is consumed."""
         a = Args("swap_in", raw, ("blocks", "handle"))
         blocks = self._block_ids(a, "blocks")
-        handle = a.int("handle")
+        handle = a.integer("handle")
         tensors = self._swapped.get(handle)
         if tensors is None:
             raise KernelError("ENOENT", f"swap_in: no swapped-out data with handle {handle}")

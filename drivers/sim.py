@@ -47,9 +47,9 @@ class SimDriver(DriverServer):
     async def do_load_model(self, raw: dict[str, Any]) -> dict[str, Any]:
         """'Load' a model: only its vocabulary size and the cost model's constants."""
         a = Args("load_model", raw, ("vocab_size", "step_s", "token_s"))
-        self.vocab_size = a.int("vocab_size", self.vocab_size, 2, 1 << 22)
-        self.step_s = a.float("step_s", self.step_s, 0.0, 60.0)
-        self.token_s = a.float("token_s", self.token_s, 0.0, 1.0)
+        self.vocab_size = a.integer("vocab_size", self.vocab_size, 2, 1 << 22)
+        self.step_s = a.number("step_s", self.step_s, 0.0, 60.0)
+        self.token_s = a.number("token_s", self.token_s, 0.0, 1.0)
         return {"kind": self.kind, "emulated": True, "vocab_size": self.vocab_size, "eos_ids": [], "tokenizer": False}
 
     async def do_unload_model(self, raw: dict[str, Any]) -> None:

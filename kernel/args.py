@@ -32,7 +32,7 @@ class Args:
             return default
         return value
 
-    def int(self, name: str, default: Any = _REQUIRED, lo: int | None = None, hi: int | None = None) -> Any:
+    def integer(self, name: str, default: Any = _REQUIRED, lo: int | None = None, hi: int | None = None) -> Any:
         """An integer in [lo, hi] (bools are not integers here)."""
         value = self._get(name, default)
         if value is default and default is not _REQUIRED:
@@ -43,7 +43,7 @@ class Args:
             raise KernelError("EINVAL", f"{self.op}: argument {name!r}={value} is outside [{lo}, {hi}]")
         return value
 
-    def float(self, name: str, default: Any = _REQUIRED, lo: float | None = None, hi: float | None = None) -> Any:
+    def number(self, name: str, default: Any = _REQUIRED, lo: float | None = None, hi: float | None = None) -> Any:
         """A finite number in [lo, hi]; integers are accepted."""
         value = self._get(name, default)
         if value is default and default is not _REQUIRED:
@@ -54,7 +54,7 @@ class Args:
             raise KernelError("EINVAL", f"{self.op}: argument {name!r}={value} is outside [{lo}, {hi}]")
         return float(value)
 
-    def str(self, name: str, default: Any = _REQUIRED, max_len: int = 1 << 20) -> Any:
+    def text(self, name: str, default: Any = _REQUIRED, max_len: int = 1 << 20) -> Any:
         """A string of at most ``max_len`` characters."""
         value = self._get(name, default)
         if value is default and default is not _REQUIRED:
@@ -65,7 +65,7 @@ class Args:
             raise KernelError("E2BIG", f"{self.op}: argument {name!r} is longer than {max_len} characters")
         return value
 
-    def bool(self, name: str, default: Any = _REQUIRED) -> Any:
+    def flag(self, name: str, default: Any = _REQUIRED) -> Any:
         """A boolean."""
         value = self._get(name, default)
         if value is default and default is not _REQUIRED:

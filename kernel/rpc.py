@@ -69,11 +69,14 @@ async def serve_stream(
                 await _send_quietly(stream, codec.make_error(codec.request_id_of(message), error))
                 continue
             if request.op in blocking_ops:
-                if in_flight.available_tokens == 0:
-                    error = KernelError("EAGAIN", f"more than {params.MAX_PENDING_PER_CONNECTION} requests in flight")
-                    await _send_quietly(stream, codec.make_error(request.id, error))
+                borrower = object()  # one token per request, released when it is answered
+                try:
+                    in_flight.acquire_on_behalf_of_nowait(borrower)
+                except trio.WouldBlock:
+                    busy = KernelError("EAGAIN", f"more than {params.MAX_PENDING_PER_CONNECTION} requests in flight")
+                    await _send_quietly(stream, codec.make_error(request.id, busy))
                     continue
-                nursery.start_soon(_answer, stream, dispatch, request, crash_on_bug, in_flight)
+                nursery.start_soon(_answer, stream, dispatch, request, crash_on_bug, in_flight, borrower)
             else:
                 await _answer(stream, dispatch, request, crash_on_bug)
         nursery.cancel_scope.cancel()
@@ -85,9 +88,8 @@ async def _answer(
     request: codec.Request,
     crash_on_bug: bool,
     limiter: trio.CapacityLimiter | None = None,
+    borrower: object = None,
 ) -> None:
-    if limiter is not None:
-        await limiter.acquire()
     try:
         try:
             reply = codec.make_reply(request.id, await dispatch(request))
@@ -103,7 +105,7 @@ async def _answer(
         await _send_quietly(stream, reply)
     finally:
         if limiter is not None:
-            limiter.release()
+            limiter.release_on_behalf_of(borrower)
 
 
 async def _send_quietly(stream: MessageStream, message: dict[str, Any]) -> bool:

@@ -44,11 +44,11 @@ async def sys_getpid(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[st
 async def sys_spawn(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
     """Start an LLM process; returns its pid."""
     a = Args("spawn", raw, SPAWN_ARGS)
-    device = k.device_for_model(a.str("model", k.default_model, max_len=256))
+    device = k.device_for_model(a.text("model", k.default_model, max_len=256))
     if a.has("prompt") == a.has("prompt_ids"):
         raise KernelError("EINVAL", "spawn: give exactly one of 'prompt' (text) or 'prompt_ids' (token ids)")
     if a.has("prompt"):
-        prompt_ids = await k.tokenize(device, a.str("prompt", max_len=params.MAX_PROMPT_TOKENS * 8))
+        prompt_ids = await k.tokenize(device, a.text("prompt", max_len=params.MAX_PROMPT_TOKENS * 8))
     else:
         prompt_ids = a.int_list("prompt_ids", max_len=params.MAX_PROMPT_TOKENS)
     if not prompt_ids:
@@ -60,17 +60,17 @@ async def sys_spawn(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str
     if bad is not None:
         raise KernelError("EINVAL", f"spawn: token id {bad} is outside the vocabulary of {device.model} ({vocab} tokens)")
     stop_ids = a.int_list("stop_ids", [], max_len=params.MAX_STOP_IDS)
-    if not a.bool("ignore_eos", False):
+    if not a.flag("ignore_eos", False):
         stop_ids = [*stop_ids, *device.eos_ids]
-    nice = a.int("nice", 0, params.NICE_MIN, params.NICE_MAX)
+    nice = a.integer("nice", 0, params.NICE_MIN, params.NICE_MAX)
     if nice < 0 and caller.uid != 0:
         raise KernelError("EPERM", f"spawn: only uid 0 may start a process with negative nice ({nice})")
-    deadline_s = a.float("deadline_s", None, lo=0.0)
+    deadline_s = a.number("deadline_s", None, lo=0.0)
     sampling = SamplingParams(
-        temperature=a.float("temperature", 1.0, 0.0, 100.0),
-        top_k=a.int("top_k", 0, 0, vocab),
-        top_p=a.float("top_p", 1.0, 1e-6, 1.0),
-        seed=a.int("seed", 0, 0, 2**63 - 1),
+        temperature=a.number("temperature", 1.0, 0.0, 100.0),
+        top_k=a.integer("top_k", 0, 0, vocab),
+        top_p=a.number("top_p", 1.0, 1e-6, 1.0),
+        seed=a.integer("seed", 0, 0, 2**63 - 1),
     )
     now = k.now()
     proc = Process(
@@ -82,12 +82,12 @@ async def sys_spawn(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str
         model=device.model,
         device=device.name,
         prompt_ids=list(prompt_ids),
-        max_tokens=a.int("max_tokens", 16, 1, params.MAX_NEW_TOKENS),
+        max_tokens=a.integer("max_tokens", 16, 1, params.MAX_NEW_TOKENS),
         sampling=sampling,
         stop_ids=frozenset(stop_ids),
         created_at=now,
         deadline=None if deadline_s is None else now + deadline_s,
-        detached=a.bool("detach", False),
+        detached=a.flag("detach", False),
         nice=nice,
     )
     k.table.add(proc)
@@ -98,9 +98,9 @@ async def sys_spawn(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str
 async def sys_read(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
     """Tokens generated after ``offset``; blocks until there are some or the process ended."""
     a = Args("read", raw, ("pid", "offset", "timeout"))
-    proc = k.table.get(a.int("pid"))
-    offset = a.int("offset", 0, 0)
-    timeout = a.float("timeout", None, lo=0.0)
+    proc = k.table.get(a.integer("pid"))
+    offset = a.integer("offset", 0, 0)
+    timeout = a.number("timeout", None, lo=0.0)
     if caller.uid not in (0, proc.uid):
         raise KernelError("EACCES", f"read: the output of process {proc.pid} belongs to uid {proc.uid}")
     with k.move_on_after(timeout):
@@ -119,7 +119,7 @@ async def sys_read(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str,
 async def sys_wait(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any] | None:
     """Wait for a child of this session to end, reap it and return its status and output."""
     a = Args("wait", raw, ("pid", "nohang"))
-    proc = await k.table.wait(caller.pid, a.int("pid", None, 0), a.bool("nohang", False))
+    proc = await k.table.wait(caller.pid, a.integer("pid", None, 0), a.flag("nohang", False))
     if proc is None:
         return None
     assert proc.exit_status is not None
@@ -129,7 +129,7 @@ async def sys_wait(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str,
 async def sys_kill(k: Kernel, caller: Session, raw: dict[str, Any]) -> None:
     """Send a signal: SIGKILL, SIGTERM (the default), SIGSTOP or SIGCONT."""
     a = Args("kill", raw, ("pid", "signal"))
-    pid = a.int("pid")
+    pid = a.integer("pid")
     try:
         sig = Signal.parse(raw.get("signal", "SIGTERM"))
     except (KeyError, ValueError):
@@ -145,8 +145,8 @@ async def sys_kill(k: Kernel, caller: Session, raw: dict[str, Any]) -> None:
 async def sys_fork(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
     """Make ``n`` children that continue from the process's tokens so far, each with its own seed."""
     a = Args("fork", raw, ("pid", "n"))
-    parent = k.table.get(a.int("pid"))
-    n = a.int("n", 1, 1, params.MAX_FORK_CHILDREN)
+    parent = k.table.get(a.integer("pid"))
+    n = a.integer("n", 1, 1, params.MAX_FORK_CHILDREN)
     _owned(caller, parent, "fork")
     if not parent.alive:
         raise KernelError("ESRCH", f"fork: process {parent.pid} has already exited")
@@ -188,8 +188,8 @@ def _child_sampling(parent: SamplingParams, parent_pid: int, index: int) -> Samp
 async def sys_nice(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
     """Set a process's nice value; only uid 0 may lower it (raise its priority)."""
     a = Args("nice", raw, ("pid", "value"))
-    proc = k.table.get(a.int("pid"))
-    value = a.int("value", lo=params.NICE_MIN, hi=params.NICE_MAX)
+    proc = k.table.get(a.integer("pid"))
+    value = a.integer("value", lo=params.NICE_MIN, hi=params.NICE_MAX)
     _owned(caller, proc, "nice")
     if value < proc.nice and caller.uid != 0:
         raise KernelError("EPERM", f"nice: only uid 0 may lower nice ({proc.nice} -> {value})")
@@ -211,7 +211,7 @@ async def sys_ps(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, A
 async def sys_stat(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
     """Everything known about one process, accounting included."""
     a = Args("stat", raw, ("pid",))
-    proc = k.table.get(a.int("pid"))
+    proc = k.table.get(a.integer("pid"))
     info = proc.stat(k.now())
     info["kv_blocks"] = len(k.devices[proc.device].scheduler.pool.table(proc.pid))
     return info
@@ -226,7 +226,7 @@ async def sys_uname(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str
 async def sys_detokenize(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
     """Turn token ids into text with a model's tokenizer."""
     a = Args("detokenize", raw, ("model", "ids"))
-    device = k.device_for_model(a.str("model", k.default_model, max_len=256))
+    device = k.device_for_model(a.text("model", k.default_model, max_len=256))
     ids = a.int_list("ids", max_len=params.MAX_NEW_TOKENS + params.MAX_PROMPT_TOKENS)
     return {"text": await k.detokenize(device, ids)}
 
@@ -234,8 +234,8 @@ async def sys_detokenize(k: Kernel, caller: Session, raw: dict[str, Any]) -> dic
 async def sys_tokenize(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
     """Turn text into token ids with a model's tokenizer."""
     a = Args("tokenize", raw, ("model", "text"))
-    device = k.device_for_model(a.str("model", k.default_model, max_len=256))
-    return {"ids": await k.tokenize(device, a.str("text", max_len=params.MAX_PROMPT_TOKENS * 8))}
+    device = k.device_for_model(a.text("model", k.default_model, max_len=256))
+    return {"ids": await k.tokenize(device, a.text("text", max_len=params.MAX_PROMPT_TOKENS * 8))}
 
 
 async def sys_token(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
@@ -245,7 +245,7 @@ async def sys_token(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str
     tenant to the connection. Tokens are valid until the kernel reboots.
     """
     a = Args("token", raw, ("tenant",))
-    tenant = a.str("tenant", max_len=128)
+    tenant = a.text("tenant", max_len=128)
     if caller.uid != 0:
         raise KernelError("EPERM", "token: only uid 0 may issue tenant tokens")
     if not tenant or not tenant.isprintable():
