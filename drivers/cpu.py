@@ -1,6 +1,6 @@
 """The cpu driver: ``TorchEngine`` behind the driver operations, real numerics, measured time.
 
-Compute runs in a worker thread (``trio.to_thread``) so the kernel keeps answering syscalls
+Compute runs on the driver's own thread (``ComputeThread``) so the kernel keeps answering syscalls
 while a step runs; torch releases the GIL inside its kernels. Steps never overlap: the kernel
 sends one at a time per device.
 
@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import trio
 
 from llmos.kernel.args import Args
 from llmos.kernel.batch import StepBatch, StepResult
 from llmos.kernel.errors import KernelError
 
 from .base import DriverServer
+from .compute_thread import ComputeThread
 from .engine import TorchEngine
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -50,6 +50,14 @@ class TorchDriver(DriverServer):
         self.tokenizer: Any = None
         self._swapped: dict[int, list[torch.Tensor]] = {}
         self._handles = itertools.count(1)
+        self.compute = ComputeThread(f"llmos-{device}")
+
+    async def serve(self, stream: Any) -> None:
+        """Serve the kernel; the compute thread is joined however the driver ends."""
+        try:
+            await super().serve(stream)
+        finally:
+            self.compute.close()
 
     async def do_info(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Kind, device, dtype and what is loaded."""
@@ -61,7 +69,7 @@ class TorchDriver(DriverServer):
         """Load a Hugging Face-format checkpoint directory (and its tokenizer, if it has one)."""
         a = Args("load_model", raw, ("path",))
         path = a.text("path", str(DEFAULT_MODEL_DIR), max_len=4096)
-        info = await trio.to_thread.run_sync(self.engine.load_model, path)
+        info = await self.compute.run(self.engine.load_model, path)
         self.tokenizer = None
         if info.get("tokenizer"):
             from tokenizers import Tokenizer
@@ -100,7 +108,7 @@ class TorchDriver(DriverServer):
     async def do_swap_out(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Copy blocks to host memory; returns a handle for ``swap_in`` and the bytes moved."""
         blocks = self._block_ids(Args("swap_out", raw, ("blocks",)), "blocks")
-        tensors = await trio.to_thread.run_sync(self.engine.swap_out, blocks)
+        tensors = await self.compute.run(self.engine.swap_out, blocks)
         handle = next(self._handles)
         self._swapped[handle] = tensors
         return {"handle": handle, "bytes": sum(t.numel() * t.element_size() for t in tensors)}
@@ -115,7 +123,7 @@ class TorchDriver(DriverServer):
             raise KernelError("ENOENT", f"swap_in: no swapped-out data with handle {handle}")
         if len(tensors) != len(blocks):
             raise KernelError("EINVAL", f"swap_in: handle {handle} holds {len(tensors)} blocks, not {len(blocks)}")
-        await trio.to_thread.run_sync(self.engine.swap_in, blocks, tensors)
+        await self.compute.run(self.engine.swap_in, blocks, tensors)
         del self._swapped[handle]
 
     def _require_tokenizer(self, op: str) -> Any:
@@ -124,11 +132,11 @@ class TorchDriver(DriverServer):
         return self.tokenizer
 
     async def _init_kv(self, num_blocks: int, block_size: int) -> None:
-        await trio.to_thread.run_sync(self.engine.init_kv, num_blocks, block_size)
+        await self.compute.run(self.engine.init_kv, num_blocks, block_size)
         self._swapped.clear()
 
     async def _step(self, batch: StepBatch) -> StepResult:
-        return await trio.to_thread.run_sync(self.engine.step, batch)
+        return await self.compute.run(self.engine.step, batch)
 
     async def _copy_blocks(self, src: list[int], dst: list[int]) -> None:
         self.engine.copy_blocks(list(zip(src, dst, strict=True)))
