@@ -1,0 +1,243 @@
+"""The KV block pool of one device (reference counts, prefix-cache map, LRU eviction) and the
+host swap space.
+
+Every block is in exactly one of three sets::
+
+    used       ref >= 1                 in some block table; never handed out again
+    evictable  ref == 0, hash set       freed, but still holds a full cached block that a later
+                                        prefix hit may revive; LRU order, least recent first
+    empty      ref == 0, no hash        holds nothing anyone can find; FIFO order
+
+``allocate`` takes empty blocks first and only then evicts the least recently freed cached
+block, so a cached block survives until its slot is really needed. ``num_free`` counts both
+empty and evictable blocks: that is what an allocation can get.
+
+The pool knows nothing of processes: the KVCacheManager (kv_manager.py) owns the tables and
+calls ``allocate``/``share``/``release``. Running out of blocks is a return value (None).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+
+from .kv_hash import BlockHash
+
+
+class BlockPool:
+    """Reference-counted fixed-size blocks of one device, with a hash -> block cache map."""
+
+    def __init__(self, num_blocks: int) -> None:
+        if num_blocks <= 0:
+            raise ValueError("num_blocks must be positive")
+        self.num_blocks = num_blocks
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything: every block empty and never owned (the driver restarted with
+        fresh, zeroed storage)."""
+        n = self.num_blocks
+        self._ref = [0] * n  # holders (block-table entries) of each block
+        self._hash: list[BlockHash | None] = [None] * n  # set iff the block is cached
+        # The salt of the tenant whose KV the block may still hold; None if it never held any
+        # since the driver allocated (zeroed) its storage. Drives the zeroing rule.
+        self._owner: list[bytes | None] = [None] * n
+        self._empty: deque[int] = deque(range(n))
+        self._evictable: OrderedDict[int, None] = OrderedDict()  # first = least recently freed
+        self._cached: dict[BlockHash, int] = {}
+        # Invariant: _cached[h] == b  <=>  _hash[b] == h  (a bijection; duplicates never cached)
+        # Invariant: _empty, _evictable and {b : _ref[b] > 0} partition range(num_blocks).
+        self.num_evictions = 0  # cached blocks dropped to make room, since creation
+
+    # -- queries ---------------------------------------------------------------------------
+
+    @property
+    def num_free(self) -> int:
+        """Blocks an allocation can get: empty plus evictable."""
+        return len(self._empty) + len(self._evictable)
+
+    @property
+    def num_evictable(self) -> int:
+        """Freed blocks that still hold a cached full block."""
+        return len(self._evictable)
+
+    @property
+    def num_used(self) -> int:
+        """Blocks held by at least one table."""
+        return self.num_blocks - self.num_free
+
+    def ref_count(self, block: int) -> int:
+        """How many block-table entries hold ``block``."""
+        return self._ref[block]
+
+    def block_hash(self, block: int) -> BlockHash | None:
+        """The hash ``block`` is cached under, or None."""
+        return self._hash[block]
+
+    def owner(self, block: int) -> bytes | None:
+        """The salt of the last tenant that held ``block`` (None: never held since reset)."""
+        return self._owner[block]
+
+    def lookup(self, block_hash: BlockHash) -> int | None:
+        """The cached block holding ``block_hash``, used or evictable; None on a miss."""
+        return self._cached.get(block_hash)
+
+    def empty_blocks(self) -> list[int]:
+        """Empty blocks in the order ``allocate`` takes them."""
+        return list(self._empty)
+
+    def evictable_blocks(self) -> list[int]:
+        """Evictable blocks in eviction order (least recently freed first)."""
+        return list(self._evictable)
+
+    def cached_items(self) -> dict[BlockHash, int]:
+        """A copy of the hash -> block map."""
+        return dict(self._cached)
+
+    def can_allocate(self, num_blocks: int, reserve: int = 0) -> bool:
+        """Whether ``num_blocks`` can be taken and still leave ``reserve`` free afterwards."""
+        return num_blocks + reserve <= self.num_free
+
+    # -- mutation --------------------------------------------------------------------------
+
+    def allocate(self, num_blocks: int, owner: bytes) -> tuple[list[int], list[int]] | None:
+        """Take ``num_blocks`` blocks (ref 1) for tenant ``owner``, evicting LRU cached ones.
+
+        Returns:
+            (blocks, blocks_to_zero), or None (nothing changed) if too few are free.
+            ``blocks_to_zero`` lists the taken blocks whose last owner was another tenant: they
+            may still hold that tenant's KV. A never-owned block holds zeros (the driver
+            allocates its cache zeroed) and a block last owned by ``owner`` holds only that
+            tenant's data, so neither is listed.
+        """
+        if num_blocks > self.num_free:
+            return None
+        blocks: list[int] = []
+        to_zero: list[int] = []
+        for _ in range(num_blocks):
+            block = self._empty.popleft() if self._empty else self._evict()
+            last = self._owner[block]
+            if last is not None and last != owner:
+                to_zero.append(block)
+            self._owner[block] = owner
+            self._ref[block] = 1
+            blocks.append(block)
+        return blocks, to_zero
+
+    def _evict(self) -> int:
+        """Drop the least recently freed cached block from the cache and return it."""
+        block, _ = self._evictable.popitem(last=False)
+        block_hash = self._hash[block]
+        assert block_hash is not None  # Invariant: evictable blocks are cached
+        del self._cached[block_hash]
+        self._hash[block] = None
+        self.num_evictions += 1
+        return block
+
+    def share(self, block: int) -> None:
+        """Add a holder to ``block``: a used block, or an evictable one a prefix hit revives."""
+        if self._ref[block] == 0:
+            if block not in self._evictable:
+                raise ValueError(f"block {block} is empty: only used or cached blocks can be shared")
+            del self._evictable[block]
+        self._ref[block] += 1
+
+    def release(self, blocks: Iterable[int]) -> None:
+        """Drop one holder of each block, in order; a block left with none becomes free.
+
+        A freed cached block joins the evictable queue's tail (most recently used), so blocks
+        released later are evicted later; a freed uncached one joins the empty queue's tail.
+        """
+        for block in blocks:
+            if self._ref[block] <= 0:
+                raise ValueError(f"block {block} is not in use")
+            self._ref[block] -= 1
+            if self._ref[block] == 0:
+                if self._hash[block] is not None:
+                    self._evictable[block] = None
+                else:
+                    self._empty.append(block)
+
+    def register(self, block: int, block_hash: BlockHash) -> bool:
+        """Cache used ``block`` under ``block_hash``; False (no change) if it is already cached.
+
+        If another block already holds ``block_hash`` (two processes computed the same prefix),
+        the first stays cached and this one is not: the map stays a bijection.
+
+        Raises:
+            ValueError: ``block`` is free, or cached under a different hash (the caller passed
+                tokens that differ from those the block was computed from).
+        """
+        if self._ref[block] == 0:
+            raise ValueError(f"block {block} is free")
+        current = self._hash[block]
+        if current is not None:
+            if current != block_hash:
+                raise ValueError(f"block {block} is cached under another hash")
+            return False
+        if block_hash in self._cached:
+            return False
+        self._hash[block] = block_hash
+        self._cached[block_hash] = block
+        return True
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError unless the partition and the cache bijection hold."""
+        empty, evictable = set(self._empty), set(self._evictable)
+        used = {b for b in range(self.num_blocks) if self._ref[b] > 0}
+        assert len(empty) == len(self._empty), "a block is twice in the empty queue"
+        assert not (empty & evictable) and not (used & (empty | evictable)), "sets overlap"
+        assert len(empty | evictable | used) == self.num_blocks, "a block is lost"
+        assert all(r >= 0 for r in self._ref), "negative reference count"
+        assert all(self._hash[b] is None for b in empty), "an empty block is cached"
+        assert all(self._hash[b] is not None for b in evictable), "an evictable block is uncached"
+        for block_hash, block in self._cached.items():
+            assert self._hash[block] == block_hash, f"map and block {block} disagree"
+        assert sum(h is not None for h in self._hash) == len(self._cached), "stray block hash"
+
+
+class SwapSpace:
+    """A fixed number of host-memory slots, each holding one swapped-out block."""
+
+    def __init__(self, num_slots: int) -> None:
+        if num_slots < 0:
+            raise ValueError("num_slots must be >= 0")
+        self.num_slots = num_slots
+        self._free: deque[int] = deque(range(num_slots))
+        self._used: set[int] = set()
+        # Invariant: _free and _used partition range(num_slots).
+
+    @property
+    def num_free(self) -> int:
+        """Slots not holding a block."""
+        return len(self._free)
+
+    @property
+    def num_used(self) -> int:
+        """Slots holding a block."""
+        return len(self._used)
+
+    def allocate(self, num_slots: int) -> list[int] | None:
+        """Take ``num_slots`` slots, or return None (no change) if too few are free."""
+        if num_slots > len(self._free):
+            return None
+        slots = [self._free.popleft() for _ in range(num_slots)]
+        self._used.update(slots)
+        return slots
+
+    def release(self, slots: Iterable[int]) -> None:
+        """Return slots to the free queue."""
+        for slot in slots:
+            self._used.remove(slot)  # KeyError on a double free: a manager bug
+            self._free.append(slot)
+
+    def used_slots(self) -> set[int]:
+        """A copy of the set of used slots."""
+        return set(self._used)
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError unless free and used slots partition the space."""
+        free = set(self._free)
+        assert len(free) == len(self._free), "a slot is twice in the free queue"
+        assert not (free & self._used), "a slot is free and used"
+        assert free | self._used == set(range(self.num_slots)), "a slot is lost"

@@ -1,0 +1,431 @@
+"""The KV-cache manager of one device: block tables, prefix cache, copy-on-write, swap.
+
+The scheduler talks only to ``KVCacheManager``; the manager keeps each process's block table
+(its page table) over a ``BlockPool`` (kv_blocks.py) and returns the driver work the caller
+must do (zero, copy, swap) as plain lists. It never touches KV storage itself::
+
+    block table of pid 7, block_size 4, 10 tokens:
+
+        positions   0..3    4..7    8..9
+        table     [  5   ,   2   ,   9   ]     physical block ids in the pool
+                    full    full   partial     (2 of 4 slots hold tokens)
+                    h0      h1     no hash     (only full, computed blocks are cached)
+
+    fork(7, [8, 9]): the children's tables point at the same blocks
+
+        pid 7 [5, 2, 9]       ref(5) = ref(2) = ref(9) = 3
+        pid 8 [5, 2, 9]
+        pid 9 [5, 2, 9]
+
+    pid 8 writes position 10, in shared block 9: prepare_write copies it first
+
+        pid 7 [5, 2, 9]       ref(9) = 2, ref(11) = 1
+        pid 8 [5, 2, 11]      driver: copy_blocks [(9, 11)]
+        pid 9 [5, 2, 9]
+
+Invariants (``check_invariants``): every block's reference count equals the number of table
+entries holding it; a swapped-out process holds no device block and owns its swap slots alone;
+a process's ``hashes`` are the hash chain of its leading full, computed blocks.
+
+Rules the caller relies on:
+- Zeroing: a fresh block from ``allocate`` is listed in ``blocks_to_zero`` iff its last owner
+  was another tenant (salt). Never-owned blocks hold the driver's initial zeros; a tenant may
+  see its own stale KV (attention masks it); COW and swap-in destinations are overwritten whole.
+- Shared blocks and swap: ``swap_out`` copies every block of the table, shared ones included,
+  and drops only the swapped process's reference; the other holders keep the device block.
+- Watermark: ``allocate(..., reserve=N)`` and ``swap_in(..., reserve=N)`` fail unless N blocks
+  stay free afterwards, so admissions cannot eat the blocks running processes grow into.
+
+Driver work must be issued in the order the manager returned it (swap-out copies before the
+blocks they read are reused, COW copies before their source is freed and zeroed), and all of it
+before the next step that reads those blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .kv_blocks import BlockPool, SwapSpace
+from .kv_hash import BlockHash, hash_block, iter_block_hashes
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """What ``allocate`` did to a process's table."""
+
+    new_blocks: list[int]  # fresh blocks appended to the table, in table order
+    blocks_to_zero: list[int]  # the subset of new_blocks to zero before the next step: their
+    # last owner was another tenant (see BlockPool.allocate for the rule)
+    num_cached_tokens: int  # leading tokens whose KV came from the prefix cache: no compute;
+    # nonzero only on a first allocation (empty table), a multiple of block_size
+    cached_blocks: list[int]  # the shared prefix-cache blocks at the head of the table
+
+
+@dataclass
+class _Seq:
+    """One process's KV state. Resident iff ``slots`` is None."""
+
+    salt: bytes  # its tenant's salt: hashes and the zeroing rule use it
+    blocks: list[int] = field(default_factory=list)  # the block table; empty while swapped
+    slots: list[int] | None = None  # swap slots in table order while swapped out, else None
+    num_tokens: int = 0  # positions the table must hold (for fragmentation figures)
+    hashes: list[BlockHash] = field(default_factory=list)  # chain of its full computed blocks
+
+
+class KVCacheManager:
+    """Per-process block tables over one device's block pool and host swap space."""
+
+    def __init__(
+        self, num_blocks: int, block_size: int, num_swap_blocks: int = 0, enable_prefix_cache: bool = True
+    ) -> None:
+        if block_size <= 0:
+            raise ValueError("block_size must be positive")
+        self.block_size = block_size
+        self.enable_prefix_cache = enable_prefix_cache
+        self.pool = BlockPool(num_blocks)
+        self.swap = SwapSpace(num_swap_blocks)
+        self._seqs: dict[int, _Seq] = {}
+        # Counters since creation, reported by meminfo.
+        self.num_query_tokens = 0  # tokens looked up in the prefix cache (first allocations)
+        self.num_hit_tokens = 0  # of those, tokens found cached
+        self.num_cow_copies = 0  # blocks copied by prepare_write
+        self.num_zeroed = 0  # blocks handed out with a zeroing order
+        self.num_swapped_out = 0  # blocks copied to swap
+        self.num_swapped_in = 0  # blocks copied back
+
+    # -- queries ---------------------------------------------------------------------------
+
+    @property
+    def num_blocks(self) -> int:
+        """Blocks in the device pool."""
+        return self.pool.num_blocks
+
+    @property
+    def num_free_blocks(self) -> int:
+        """Blocks an allocation can get now (empty plus evictable cached ones)."""
+        return self.pool.num_free
+
+    def blocks_for(self, num_tokens: int) -> int:
+        """Blocks needed to hold ``num_tokens`` tokens."""
+        return -(-num_tokens // self.block_size)
+
+    def can_allocate(self, num_blocks: int, reserve: int = 0) -> bool:
+        """Whether ``num_blocks`` fresh blocks are available with ``reserve`` left over."""
+        return self.pool.can_allocate(num_blocks, reserve)
+
+    def table(self, pid: int) -> list[int]:
+        """A copy of ``pid``'s block table (empty if unknown or swapped out)."""
+        seq = self._seqs.get(pid)
+        return list(seq.blocks) if seq else []
+
+    def holders(self) -> list[int]:
+        """Resident pids that hold at least one block."""
+        return [pid for pid, seq in self._seqs.items() if seq.blocks]
+
+    def swapped(self) -> list[int]:
+        """Pids whose blocks are in swap."""
+        return [pid for pid, seq in self._seqs.items() if seq.slots is not None]
+
+    def swap_slots(self, pid: int) -> list[int]:
+        """A copy of ``pid``'s swap slots in table order (empty unless swapped out)."""
+        seq = self._seqs.get(pid)
+        return list(seq.slots) if seq and seq.slots is not None else []
+
+    def cached_prefix(self, token_ids: list[int], salt: bytes) -> int:
+        """Tokens a first allocation of ``token_ids`` would find cached now (no side effects).
+
+        The planner uses it to size the chunk: compute starts after the cached tokens.
+        """
+        return len(self._match_prefix(token_ids, salt)[0]) * self.block_size
+
+    def _match_prefix(self, token_ids: list[int], salt: bytes) -> tuple[list[int], list[BlockHash]]:
+        """The cached blocks (and their hashes) of the longest cached prefix of ``token_ids``.
+
+        The last token is never matched: the step must compute it to get logits to sample from.
+        """
+        if not self.enable_prefix_cache or not token_ids:
+            return [], []
+        blocks: list[int] = []
+        hashes: list[BlockHash] = []
+        stop = (len(token_ids) - 1) // self.block_size
+        for block_hash in iter_block_hashes(token_ids, self.block_size, salt, stop=stop):
+            block = self.pool.lookup(block_hash)
+            if block is None:
+                break
+            blocks.append(block)
+            hashes.append(block_hash)
+        return blocks, hashes
+
+    def _resident(self, pid: int) -> _Seq:
+        seq = self._seqs.get(pid)
+        if seq is None or seq.slots is not None:
+            raise ValueError(f"pid {pid} has no resident block table")
+        return seq
+
+    # -- allocation --------------------------------------------------------------------------
+
+    def allocate(
+        self, pid: int, token_ids: list[int], num_tokens: int, salt: bytes, *, reserve: int = 0
+    ) -> Allocation | None:
+        """Grow ``pid``'s table to cover positions [0, num_tokens) of the sequence ``token_ids``.
+
+        On a first allocation (``pid`` unknown or with an empty table) the full blocks of
+        ``token_ids`` already in the prefix cache under ``salt`` are shared instead of
+        allocated; the table then covers at least those cached tokens, even past num_tokens.
+
+        Args:
+            pid: the process.
+            token_ids: its whole sequence so far (prompt and output); read for prefix lookup.
+            num_tokens: positions the table must cover; at most len(token_ids).
+            salt: its tenant's salt; must not change over the process's life.
+            reserve: watermark: fail unless this many blocks stay free afterwards. Admission
+                passes a reserve so newcomers cannot starve running processes; growth of
+                running processes passes 0.
+
+        Returns:
+            The Allocation, or None (nothing changed, no counter moved) if too few blocks are
+            free. Raises ValueError if ``pid`` is swapped out or the arguments disagree.
+        """
+        if not 0 <= num_tokens <= len(token_ids):
+            raise ValueError(f"num_tokens {num_tokens} outside [0, {len(token_ids)}]")
+        seq = self._seqs.get(pid)
+        if seq is not None:
+            self._resident(pid)
+            if seq.salt != salt:
+                raise ValueError(f"pid {pid} changed salt")
+        first = seq is None or not seq.blocks
+        hit_blocks, hit_hashes = self._match_prefix(token_ids, salt) if first else ([], [])
+        have = len(seq.blocks) if seq else 0
+        covered = max(num_tokens, len(hit_blocks) * self.block_size)
+        num_new = max(0, self.blocks_for(covered) - have - len(hit_blocks))
+        num_revived = sum(1 for b in hit_blocks if self.pool.ref_count(b) == 0)
+        if not self.pool.can_allocate(num_new + num_revived, reserve):
+            return None
+        # Commit. Share hits before allocating, so eviction cannot take a block we just hit.
+        for block in hit_blocks:
+            self.pool.share(block)
+        taken = self.pool.allocate(num_new, salt)
+        assert taken is not None  # checked above
+        new_blocks, to_zero = taken
+        if seq is None:
+            seq = self._seqs[pid] = _Seq(salt)
+        seq.blocks += hit_blocks + new_blocks
+        if first:
+            seq.hashes = hit_hashes
+            if self.enable_prefix_cache:
+                self.num_query_tokens += len(token_ids)
+                self.num_hit_tokens += len(hit_blocks) * self.block_size
+        seq.num_tokens = max(seq.num_tokens, covered)
+        self.num_zeroed += len(to_zero)
+        return Allocation(new_blocks, to_zero, len(hit_blocks) * self.block_size, hit_blocks)
+
+    def commit_full_blocks(self, pid: int, token_ids: list[int], num_computed: int) -> int:
+        """Cache ``pid``'s blocks that are full and computed, so later processes can hit them.
+
+        Call after a step computed KV for positions [0, num_computed). Hashes are chained
+        incrementally from the last committed block, so each block is hashed once.
+
+        Returns:
+            How many blocks were newly cached (a block whose hash another block already holds
+            is not cached twice).
+        """
+        seq = self._resident(pid)
+        if not self.enable_prefix_cache:
+            return 0
+        num_full = min(num_computed, len(token_ids), len(seq.blocks) * self.block_size) // self.block_size
+        num_cached = 0
+        parent = seq.hashes[-1] if seq.hashes else None
+        for i in range(len(seq.hashes), num_full):
+            tokens = token_ids[i * self.block_size : (i + 1) * self.block_size]
+            parent = hash_block(parent, tokens, seq.salt)
+            seq.hashes.append(parent)
+            num_cached += self.pool.register(seq.blocks[i], parent)
+        return num_cached
+
+    def fork(self, parent_pid: int, child_pids: list[int]) -> None:
+        """Give each child a table sharing all of the parent's blocks (copy-on-write).
+
+        Children inherit the salt, the token count and the committed hashes. Needs no free
+        block, so it cannot fail for lack of memory. Raises ValueError if the parent is not
+        resident or a child already has KV state.
+        """
+        parent = self._resident(parent_pid)
+        if len(set(child_pids)) != len(child_pids) or any(c in self._seqs for c in child_pids):
+            raise ValueError("fork: a child pid already has KV state or is repeated")
+        for child in child_pids:
+            self._seqs[child] = _Seq(parent.salt, list(parent.blocks), None, parent.num_tokens, list(parent.hashes))
+            for block in parent.blocks:
+                self.pool.share(block)
+
+    def prepare_write(self, pid: int, start: int, end: int) -> list[tuple[int, int]] | None:
+        """Make positions [start, end) of ``pid``'s table writable: copy shared blocks first.
+
+        Every block overlapping the range that another table also holds (ref > 1) is replaced
+        in ``pid``'s table by a fresh copy; the last holder writes in place. The copy overwrites
+        every slot, so copies are never zeroed. Call after ``allocate`` covered ``end``.
+
+        Returns:
+            (src, dst) pairs for the driver's copy_blocks (empty if nothing is shared), or
+            None, changing nothing, if too few blocks are free (the table's growth by an
+            earlier ``allocate`` stays; calling again after freeing memory is safe).
+        """
+        seq = self._resident(pid)
+        if end > len(seq.blocks) * self.block_size or start < 0:
+            raise ValueError(f"positions [{start}, {end}) outside pid {pid}'s table")
+        if end <= start:
+            return []
+        indices = range(start // self.block_size, (end - 1) // self.block_size + 1)
+        shared = [i for i in indices if self.pool.ref_count(seq.blocks[i]) > 1]
+        taken = self.pool.allocate(len(shared), seq.salt)
+        if taken is None:
+            return None
+        pairs = []
+        for i, dst in zip(shared, taken[0], strict=True):
+            src = seq.blocks[i]
+            seq.blocks[i] = dst
+            self.pool.release([src])  # others still hold it: ref stays >= 1
+            pairs.append((src, dst))
+        self.num_cow_copies += len(pairs)
+        return pairs
+
+    def prepare_append(self, pid: int, position: int) -> list[tuple[int, int]] | None:
+        """``prepare_write`` for the single position a decode step writes."""
+        return self.prepare_write(pid, position, position + 1)
+
+    def free(self, pid: int) -> int:
+        """Release ``pid``'s blocks and swap slots and forget it (unknown pids: no-op).
+
+        Blocks go back last-first, so a freed sequence's tail is evicted before its head (the
+        head is the part other prompts are likeliest to share).
+
+        Returns:
+            How many blocks became free (blocks other tables still hold do not count).
+        """
+        seq = self._seqs.pop(pid, None)
+        if seq is None:
+            return 0
+        before = self.pool.num_free
+        self.pool.release(reversed(seq.blocks))
+        if seq.slots is not None:
+            self.swap.release(seq.slots)
+        return self.pool.num_free - before
+
+    # -- swap ------------------------------------------------------------------------------
+
+    def swap_out(self, pid: int) -> list[tuple[int, int]] | None:
+        """Move ``pid``'s KV to host swap slots, one slot per table entry.
+
+        Every block is copied, shared ones too: a shared block (ref > 1) stays on the device for
+        its other holders, who may write it in place once they are its last holder, so the
+        swapped process needs its own copy. ``pid`` drops its reference to every block; freed
+        cached blocks stay evictable (a later prefix hit may still use them).
+
+        Returns:
+            (device_block, swap_slot) pairs in table order for the driver's swap_out, which
+            must run before any of those blocks is reused; or None, changing nothing, if the
+            swap space has too few free slots.
+        """
+        seq = self._resident(pid)
+        slots = self.swap.allocate(len(seq.blocks))
+        if slots is None:
+            return None
+        pairs = list(zip(seq.blocks, slots, strict=True))
+        self.pool.release(reversed(seq.blocks))
+        seq.blocks, seq.slots = [], slots
+        self.num_swapped_out += len(pairs)
+        return pairs
+
+    def swap_in(self, pid: int, *, reserve: int = 0) -> list[tuple[int, int]] | None:
+        """Bring swapped-out ``pid`` back into fresh device blocks.
+
+        The copy overwrites whole blocks, so nothing is zeroed. Blocks whose hash (from before
+        the swap) is no longer cached are cached again: they hold the same KV once the driver's
+        swap_in ran, which must happen before the next step.
+
+        Returns:
+            (swap_slot, device_block) pairs in table order for the driver's swap_in, or None,
+            changing nothing, if fewer than len(slots) + reserve blocks are free.
+        """
+        seq = self._seqs.get(pid)
+        if seq is None or seq.slots is None:
+            raise ValueError(f"pid {pid} is not swapped out")
+        if not self.pool.can_allocate(len(seq.slots), reserve):
+            return None
+        taken = self.pool.allocate(len(seq.slots), seq.salt)
+        assert taken is not None  # checked above
+        pairs = list(zip(seq.slots, taken[0], strict=True))
+        self.swap.release(seq.slots)
+        seq.blocks, seq.slots = taken[0], None
+        if self.enable_prefix_cache:
+            for block, block_hash in zip(seq.blocks, seq.hashes, strict=False):
+                self.pool.register(block, block_hash)
+        self.num_swapped_in += len(pairs)
+        return pairs
+
+    def reset(self) -> None:
+        """The driver restarted: every block's contents are gone. Forget all tables and swap.
+
+        Swap contents lived in the dead driver too (it keeps host copies), so swapped-out
+        processes must recompute like everyone else. Counters are kept.
+        """
+        self.pool.reset()
+        self.swap = SwapSpace(self.swap.num_slots)
+        self._seqs.clear()
+
+    # -- figures and checks ------------------------------------------------------------------
+
+    def meminfo(self) -> dict[str, Any]:
+        """Memory figures of this device, like /proc/meminfo.
+
+        Keys: blocks_total, blocks_used (held by a table), blocks_cached (free but holding a
+        cached block), blocks_free (empty), blocks_shared (ref > 1), swap_used, swap_total,
+        utilization (used / total), fragmentation (fraction of the used blocks' token slots
+        holding no token, a shared block counted once), prefix_query_tokens,
+        prefix_hit_tokens, prefix_hit_rate (hits / queries, in tokens; 0.0 before any query),
+        evictions, cow_copies, zeroed_blocks, swapped_out_blocks, swapped_in_blocks.
+        """
+        pool = self.pool
+        fill: dict[int, int] = {}  # used block -> tokens it holds, per its fullest holder
+        for seq in self._seqs.values():
+            for i, block in enumerate(seq.blocks):
+                held = min(self.block_size, max(0, seq.num_tokens - i * self.block_size))
+                fill[block] = max(fill.get(block, 0), held)
+        slots = pool.num_used * self.block_size
+        return {
+            "blocks_total": pool.num_blocks,
+            "blocks_used": pool.num_used,
+            "blocks_cached": pool.num_evictable,
+            "blocks_free": pool.num_free - pool.num_evictable,
+            "blocks_shared": sum(1 for b in fill if pool.ref_count(b) > 1),
+            "swap_used": self.swap.num_used,
+            "swap_total": self.swap.num_slots,
+            "utilization": pool.num_used / pool.num_blocks,
+            "fragmentation": 1 - sum(fill.values()) / slots if slots else 0.0,
+            "prefix_query_tokens": self.num_query_tokens,
+            "prefix_hit_tokens": self.num_hit_tokens,
+            "prefix_hit_rate": self.num_hit_tokens / self.num_query_tokens if self.num_query_tokens else 0.0,
+            "evictions": pool.num_evictions,
+            "cow_copies": self.num_cow_copies,
+            "zeroed_blocks": self.num_zeroed,
+            "swapped_out_blocks": self.num_swapped_out,
+            "swapped_in_blocks": self.num_swapped_in,
+        }
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError unless the tables, the pool and the swap space agree."""
+        self.pool.check_invariants()
+        self.swap.check_invariants()
+        refs = [0] * self.pool.num_blocks
+        slots: list[int] = []
+        for pid, seq in self._seqs.items():
+            assert len(set(seq.blocks)) == len(seq.blocks), f"pid {pid} holds a block twice"
+            assert seq.slots is None or not seq.blocks, f"swapped pid {pid} holds device blocks"
+            assert len(seq.hashes) <= len(seq.blocks or seq.slots or []), f"pid {pid}: stray hashes"
+            for block in seq.blocks:
+                refs[block] += 1
+            slots += seq.slots or []
+        for block, count in enumerate(refs):
+            assert self.pool.ref_count(block) == count, f"block {block}: ref != holders"
+        assert len(slots) == len(set(slots)), "a swap slot is owned twice"
+        assert set(slots) == self.swap.used_slots(), "swap slots and owners disagree"
