@@ -138,7 +138,7 @@ def parse_request(message: dict[str, Any]) -> Request:
         KernelError: EINVAL naming the first field that is missing or of the wrong type.
     """
     version = message.get("v")
-    if version != params.PROTOCOL_VERSION:
+    if type(version) is not int or version != params.PROTOCOL_VERSION:
         raise KernelError("EINVAL", f"unsupported protocol version {version!r}; expected {params.PROTOCOL_VERSION}")
     request_id = message.get("id")
     if type(request_id) is not int:

@@ -180,11 +180,20 @@ class Kernel:
         """
         if os.path.exists(path):
             raise KernelError("EEXIST", f"{path} already exists; is another kernel running? remove it if not")
+        # Bind under a private name and rename once listening, so the path never exists
+        # without a listener behind it (a client would get "connection refused").
+        staging = f"{path}.{os.getpid()}.tmp"
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-        await sock.bind(path)
-        os.chmod(path, 0o666)  # any local user may connect; identity comes from SO_PEERCRED
+        await sock.bind(staging)
+        os.chmod(staging, 0o666)  # any local user may connect; identity comes from SO_PEERCRED
         sock.listen(128)
         listener = trio.SocketListener(sock)
+        try:
+            os.rename(staging, path)
+        except OSError:
+            await listener.aclose()
+            os.unlink(staging)
+            raise
         try:
             task_status.started()
             while True:
@@ -219,7 +228,7 @@ class Kernel:
             raise KernelError("EACCES", "hello: the token is malformed")
         body, mac = token.split(".")
         expected = hmac.new(self._secret, body.encode(), hashlib.sha256).hexdigest()[:32]
-        if not hmac.compare_digest(mac, expected):
+        if not hmac.compare_digest(mac.encode(), expected.encode()):  # str compare refuses non-ASCII
             raise KernelError("EACCES", "hello: the token was not issued by this kernel")
         return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
 

@@ -26,6 +26,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -203,7 +204,8 @@ class SyncClient:
             raise AttributeError(name)
 
         def blocking(*args: Any, **kwargs: Any) -> Any:
-            return trio.from_thread.run(getattr(self._client, name), *args, trio_token=self._token, **kwargs)
+            # trio.from_thread.run passes positional arguments only; bind keywords first.
+            return trio.from_thread.run(partial(getattr(self._client, name), *args, **kwargs), trio_token=self._token)
 
         blocking.__doc__ = method.__doc__
         return blocking
