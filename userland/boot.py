@@ -9,9 +9,9 @@ import sys
 
 import trio
 
-from llmos.kernel.errors import KernelError
 from llmos.kernel.kernel import KernelConfig, open_kernel
 
+from .command import EXIT_USAGE, run_trio_command
 from .system import build_config, options_from_args
 
 
@@ -33,12 +33,10 @@ def run_boot(args: argparse.Namespace) -> int:
     """Entry point of ``llmos boot``."""
     try:
         config = build_config(options_from_args(args))
-        trio.run(serve_until_signal, config, args.socket)
     except ValueError as exc:
         print(f"llmos boot: {exc} (EINVAL)", file=sys.stderr)
-        return 2
-    except KernelError as exc:
-        print(f"llmos boot: {exc.message} ({exc.errno})", file=sys.stderr)
-        return 1
-    print("llmos: kernel stopped", flush=True)
-    return 0
+        return EXIT_USAGE
+    status, _ = run_trio_command("boot", serve_until_signal, config, args.socket)
+    if status == 0:
+        print("llmos: kernel stopped", flush=True)
+    return status

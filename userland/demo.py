@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -21,6 +20,7 @@ from rich.table import Table
 from llmos.kernel.kernel import open_kernel
 
 from . import libllm
+from .command import run_trio_command
 from .system import build_config, options_from_args
 
 # (prompt, nice): a spread of priorities; negative nice needs uid 0, which the demo's owner has.
@@ -127,13 +127,5 @@ def _summarize(jobs: list[Job], wall: float, peak_blocks: int, device: dict, con
 
 def run_demo(args: argparse.Namespace) -> int:
     """Entry point of ``llmos demo``."""
-    console = Console()
-    try:
-        trio.run(run_demo_async, args, console)
-    except ValueError as exc:
-        print(f"llmos demo: {exc} (EINVAL)", file=sys.stderr)
-        return 2
-    except libllm.LLMOSError as exc:
-        print(f"llmos demo: {exc.message} ({exc.errno})", file=sys.stderr)
-        return 1
-    return 0
+    status, _ = run_trio_command("demo", run_demo_async, args, Console())
+    return status

@@ -22,6 +22,7 @@ import trio
 from llmos.kernel.kernel import open_kernel
 
 from . import libllm
+from .command import EXIT_FAILURE, run_trio_command
 from .system import build_config, options_from_args
 
 LINE_FIELDS = {"prompt", "prompt_ids", "max_tokens", "temperature", "seed", "nice", "tenant"}
@@ -143,12 +144,5 @@ def run_generate(args: argparse.Namespace) -> int:
         async with open_kernel(build_config(options_from_args(args))) as kernel:
             return await run_requests(kernel, requests, emit)
 
-    try:
-        failures = trio.run(main)
-    except ValueError as exc:
-        print(f"llmos generate: {exc} (EINVAL)", file=sys.stderr)
-        return 2
-    except libllm.LLMOSError as exc:
-        print(f"llmos generate: {exc.message} ({exc.errno})", file=sys.stderr)
-        return 1
-    return 1 if failures else 0
+    status, failures = run_trio_command("generate", main)
+    return status or (EXIT_FAILURE if failures else 0)
