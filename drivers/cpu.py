@@ -103,7 +103,7 @@ class TorchDriver(DriverServer):
     async def do_detokenize(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Token ids to text."""
         ids = Args("detokenize", raw, ("ids",)).int_list("ids")
-        return {"text": self._require_tokenizer("detokenize").decode(ids, skip_special_tokens=False)}
+        return {"text": self._require_tokenizer("detokenize").decode(ids, skip_special_tokens=True)}
 
     async def do_swap_out(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Copy blocks to host memory; returns a handle for ``swap_in`` and the bytes moved."""

@@ -71,10 +71,12 @@ SAMPLE_PROMPTS = ["def ", "import os\n", "class Foo:\n    def __init__(self"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     p.add_argument("--ckpt-dir", type=Path, default=Path("/tmp/llmos_default_model_ckpt"))
-    p.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints")
+    p.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from --ckpt-dir/ckpt.pt")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
@@ -93,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-positions", type=int, default=1024)
     p.add_argument("--rope-theta", type=float, default=10000.0)
     # optimisation
-    p.add_argument("--steps", type=int, default=2400)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=24, help="sequences per step")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
@@ -101,14 +103,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup-steps", type=int, default=100)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--autocast-bf16", action=argparse.BooleanOptionalAction, default=True,
-                   help="bf16 autocast for matmuls (fp32 master weights); fast on AMX CPUs")
+    p.add_argument(
+        "--autocast-bf16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bf16 autocast for matmuls (fp32 master weights); fast on AMX CPUs",
+    )
     # logging / evaluation
     p.add_argument("--log-every", type=int, default=20)
-    p.add_argument("--eval-every", type=int, default=400, help="quick held-out check")
+    p.add_argument("--eval-every", type=int, default=200, help="quick held-out check")
     p.add_argument("--eval-sequences", type=int, default=256, help="final held-out windows")
-    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16",
-                   help="dtype of the stored weights")
+    p.add_argument(
+        "--dtype",
+        choices=["float16", "bfloat16", "float32"],
+        default="float16",
+        help="dtype of the stored weights",
+    )
     return p.parse_args(argv)
 
 
@@ -273,7 +283,9 @@ def lr_at(step: int, args: argparse.Namespace) -> float:
 # --------------------------------------------------------------------------- data
 
 
-def sample_batch(stream: torch.Tensor, args: argparse.Namespace, gen: torch.Generator) -> torch.Tensor:
+def sample_batch(
+    stream: torch.Tensor, args: argparse.Namespace, gen: torch.Generator
+) -> torch.Tensor:
     starts = torch.randint(0, stream.numel() - args.seq_len - 1, (args.batch_size,), generator=gen)
     offsets = torch.arange(args.seq_len + 1)
     return stream[starts[:, None] + offsets[None, :]].long()  # (B, T+1)
@@ -311,8 +323,12 @@ def save_checkpoint(path: Path, model, optimizer, gen: torch.Generator, state: d
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(
-        {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-         "generator": gen.get_state(), "state": state},
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": gen.get_state(),
+            "state": state,
+        },
         tmp,
     )
     os.replace(tmp, path)  # atomic: a crash mid-save never corrupts the last checkpoint
@@ -353,9 +369,12 @@ def train(model, train_stream, held_out_windows, args) -> dict:
             mean = sum(running) / len(running)
             state["history"].append((state["step"], mean))
             running = []
-            print(f"step {state['step']:5d}/{args.steps} loss {mean:.4f} lr {lr_at(step, args):.2e} "
-                  f"train_wall {state['train_wall_s']:7.1f}s "
-                  f"({state['train_wall_s'] / state['step']:.2f} s/step)", flush=True)
+            print(
+                f"step {state['step']:5d}/{args.steps} loss {mean:.4f} lr {lr_at(step, args):.2e} "
+                f"train_wall {state['train_wall_s']:7.1f}s "
+                f"({state['train_wall_s'] / state['step']:.2f} s/step)",
+                flush=True,
+            )
         if args.eval_every and state["step"] % args.eval_every == 0:
             held = evaluate(model, held_out_windows[:32], args.autocast_bf16)
             state["eval_history"].append((state["step"], held))
@@ -371,20 +390,31 @@ def train(model, train_stream, held_out_windows, args) -> dict:
 
 
 @torch.no_grad()
-def generate_samples(model, tokenizer: Tokenizer, seed: int, max_new_tokens: int = 96) -> list[dict]:
+def generate_samples(
+    model, tokenizer: Tokenizer, seed: int, max_new_tokens: int = 96
+) -> list[dict]:
     model.eval()
     bos = tokenizer.token_to_id(BOS_TOKEN)
     samples = []
     for prompt in SAMPLE_PROMPTS:
         ids = torch.tensor([[bos] + tokenizer.encode(prompt).ids])
         for mode in ("greedy", "temperature=0.8"):
-            torch.manual_seed(seed)
-            kwargs = {"do_sample": False} if mode == "greedy" else {
-                "do_sample": True, "temperature": 0.8, "top_k": 0, "top_p": 1.0}
+            torch.manual_seed(seed + len(samples))  # a distinct, fixed seed per sample
+            kwargs = (
+                {"do_sample": False}
+                if mode == "greedy"
+                else {"do_sample": True, "temperature": 0.8, "top_k": 0, "top_p": 1.0}
+            )
             out = model.generate(ids, max_new_tokens=max_new_tokens, **kwargs)
-            text = tokenizer.decode(out[0, ids.size(1):].tolist(), skip_special_tokens=False)
-            samples.append({"prompt": prompt, "mode": mode, "max_new_tokens": max_new_tokens,
-                            "completion": text})
+            text = tokenizer.decode(out[0, ids.size(1) :].tolist(), skip_special_tokens=False)
+            samples.append(
+                {
+                    "prompt": prompt,
+                    "mode": mode,
+                    "max_new_tokens": max_new_tokens,
+                    "completion": text,
+                }
+            )
             print(f"--- {mode} | prompt {prompt!r}\n{prompt}{text}\n", flush=True)
     return samples
 
@@ -443,8 +473,11 @@ def prepare_data(args: argparse.Namespace) -> PreparedData:
     held_out = [d for d in docs if is_held_out(d.rel_path, args.held_out_percent)]
     train_docs = [d for d in docs if not is_held_out(d.rel_path, args.held_out_percent)]
     corpus_info = describe_corpus(docs, held_out)
-    print(f"corpus: {corpus_info['num_files']} files, {corpus_info['num_bytes'] / 1e6:.1f} MB; "
-          f"held out {len(held_out)} files", flush=True)
+    print(
+        f"corpus: {corpus_info['num_files']} files, {corpus_info['num_bytes'] / 1e6:.1f} MB; "
+        f"held out {len(held_out)} files",
+        flush=True,
+    )
 
     # The tokenizer never sees held-out files, so held-out perplexity is honest.
     tokenizer = train_tokenizer([d.text for d in train_docs], args.vocab_size)
@@ -460,25 +493,49 @@ def prepare_data(args: argparse.Namespace) -> PreparedData:
         snippet_tokens=check_round_trip(tokenizer),
     )
     num_tokens = train_stream.numel() + held_stream.numel()
-    print(f"tokenizer: vocab {tokenizer.get_vocab_size()}, train {train_stream.numel():,} tokens "
-          f"({corpus_info['num_bytes'] / num_tokens:.2f} bytes/token), held out "
-          f"{held_stream.numel():,} tokens, {data.held_windows.size(0)} eval windows; "
-          f"setup {time.perf_counter() - t0:.1f}s", flush=True)
+    print(
+        f"tokenizer: vocab {tokenizer.get_vocab_size()}, train {train_stream.numel():,} tokens "
+        f"({corpus_info['num_bytes'] / num_tokens:.2f} bytes/token), held out "
+        f"{held_stream.numel():,} tokens, {data.held_windows.size(0)} eval windows; "
+        f"setup {time.perf_counter() - t0:.1f}s",
+        flush=True,
+    )
     return data
 
 
-def build_metadata(args, argv, data: PreparedData, config, num_params: int, state: dict,
-                   losses: dict[str, float], samples: list[dict], total_wall_s: float) -> dict:
+def build_metadata(
+    args,
+    argv,
+    data: PreparedData,
+    config,
+    num_params: int,
+    state: dict,
+    losses: dict[str, float],
+    samples: list[dict],
+    total_wall_s: float,
+) -> dict:
     tok = data.tokenizer
-    model_keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                  "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps",
-                  "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id")
+    model_keys = (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "max_position_embeddings",
+        "rms_norm_eps",
+        "tie_word_embeddings",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+    )
     history = state["history"]
     return {
         "description": "LLMOS embedded default model: a tiny Llama trained on the Python "
-                       "standard library sources of the training interpreter",
-        "command": " ".join(["python", "scripts/train_default_model.py",
-                             *(sys.argv[1:] if argv is None else argv)]),
+        "standard library sources of the training interpreter",
+        "command": " ".join(
+            ["python", "scripts/train_default_model.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "corpus": data.corpus_info,
         "tokenizer": {
             "type": "byte-level BPE (tokenizers), GPT-2 pre-tokenizer regex, no prefix space",
@@ -490,28 +547,39 @@ def build_metadata(args, argv, data: PreparedData, config, num_params: int, stat
             "round_trip_snippet": ROUND_TRIP_SNIPPET,
             "round_trip_snippet_tokens": data.snippet_tokens,
         },
-        "model": {"architecture": "LlamaForCausalLM", "num_parameters": num_params,
-                  "stored_dtype": args.dtype, "rope_theta": args.rope_theta,
-                  **{k: getattr(config, k) for k in model_keys}},
-        "training": {k: v for k, v in vars(args).items()
-                     if k not in ("out", "ckpt_dir", "resume", "ckpt_every")},
+        "model": {
+            "architecture": "LlamaForCausalLM",
+            "num_parameters": num_params,
+            "stored_dtype": args.dtype,
+            "rope_theta": args.rope_theta,
+            **{k: getattr(config, k) for k in model_keys},
+        },
+        "training": {
+            k: v
+            for k, v in vars(args).items()
+            if k not in ("out", "ckpt_dir", "resume", "ckpt_every")
+        },
         "results": {
             "steps": state["step"],
             "tokens_seen": state["step"] * args.batch_size * args.seq_len,
             "last_logged_train_loss": history[-1][1],
             **{k: round(v, 4) for k, v in losses.items()},
             "held_out_eval": f"{data.held_windows.size(0)} fixed windows x {args.seq_len} tokens; "
-                             "perplexity = exp(mean token cross-entropy)",
+            "perplexity = exp(mean token cross-entropy)",
             "train_wall_time_s": round(state["train_wall_s"], 1),
             "total_wall_time_s": round(total_wall_s, 1),
             "loss_history": history[:: max(1, len(history) // 40)],
             "held_out_history": state["eval_history"],
         },
         "samples": samples,
-        "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                        "transformers": __import__("transformers").__version__,
-                        "tokenizers": __import__("tokenizers").__version__,
-                        "machine": platform.machine(), "threads": args.threads},
+        "environment": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "transformers": __import__("transformers").__version__,
+            "tokenizers": __import__("tokenizers").__version__,
+            "machine": platform.machine(),
+            "threads": args.threads,
+        },
     }
 
 
@@ -535,19 +603,24 @@ def main(argv: list[str] | None = None) -> None:
     export(model, data.tokenizer, args.out, args.dtype)
     stored_loss = verify_export(args.out, data.held_windows)
     losses = {
-        "train_loss": train_loss, "train_perplexity": math.exp(train_loss),
-        "held_out_loss": held_loss, "held_out_perplexity": math.exp(held_loss),
+        "train_loss": train_loss,
+        "train_perplexity": math.exp(train_loss),
+        "held_out_loss": held_loss,
+        "held_out_perplexity": math.exp(held_loss),
         "held_out_loss_stored_weights": stored_loss,
         "held_out_perplexity_stored_weights": math.exp(stored_loss),
     }
-    metadata = build_metadata(args, argv, data, config, num_params, state, losses, samples,
-                              time.perf_counter() - t0)
+    metadata = build_metadata(
+        args, argv, data, config, num_params, state, losses, samples, time.perf_counter() - t0
+    )
     (args.out / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
 
     print(f"final: train loss {train_loss:.4f} (ppl {math.exp(train_loss):.2f})")
-    print(f"final: held-out loss {held_loss:.4f} (ppl {math.exp(held_loss):.2f}) over "
-          f"{data.held_windows.size(0)} x {args.seq_len} tokens; stored {args.dtype} weights: "
-          f"loss {stored_loss:.4f} (ppl {math.exp(stored_loss):.2f})")
+    print(
+        f"final: held-out loss {held_loss:.4f} (ppl {math.exp(held_loss):.2f}) over "
+        f"{data.held_windows.size(0)} x {args.seq_len} tokens; stored {args.dtype} weights: "
+        f"loss {stored_loss:.4f} (ppl {math.exp(stored_loss):.2f})"
+    )
     print(f"train wall time {state['train_wall_s']:.1f}s, total {time.perf_counter() - t0:.1f}s")
     for f in sorted(args.out.iterdir()):
         print(f"wrote {f} ({f.stat().st_size:,} bytes)")

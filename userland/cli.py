@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_system_arguments(boot)
 
     demo = sub.add_parser("demo", help="the tour: eight processes on the default model, a live process table")
-    demo.add_argument("--max-tokens", type=int, default=48, help="tokens per process (default %(default)s)")
+    demo.add_argument("--max-tokens", type=int, default=128, help="tokens per process (default %(default)s)")
     add_system_arguments(demo)
 
     gen = sub.add_parser("generate", help="run prompts as concurrent processes; one JSON line each")
