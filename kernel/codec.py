@@ -63,22 +63,36 @@ def decode(payload: bytes, max_bytes: int = params.MAX_FRAME_BYTES) -> dict[str,
 
 
 def check_depth(value: Any, limit: int = params.MAX_MESSAGE_DEPTH) -> None:
-    """Raise EINVAL if ``value`` nests lists/maps deeper than ``limit`` (iterative, no recursion).
+    """Raise EINVAL if ``value`` nests lists/maps deeper than ``limit``.
 
     Also EINVAL for a map key that is not a str: msgpack's ``strict_map_key`` still lets bin keys
     through, and a map mixing str and bytes keys breaks code that sorts or formats its keys.
+    Recursion is bounded by ``limit``; this runs on every message, so it is kept lean.
     """
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            raise KernelError("EINVAL", f"message nests deeper than {limit} levels")
-        if isinstance(item, dict):
-            if any(type(key) is not str for key in item):
-                raise KernelError("EINVAL", "message map keys must be strings")
-            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, (dict, list)))
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
+    if type(value) is dict:
+        _check_map(value, limit - 1)
+    elif type(value) is list:
+        _check_list(value, limit - 1)
+
+
+def _check_map(item: dict[Any, Any], budget: int) -> None:
+    for key, child in item.items():
+        if type(key) is not str:
+            raise KernelError("EINVAL", "message map keys must be strings")
+        kind = type(child)
+        if kind is dict or kind is list:
+            if budget <= 0:
+                raise KernelError("EINVAL", f"message nests deeper than {params.MAX_MESSAGE_DEPTH} levels")
+            (_check_map if kind is dict else _check_list)(child, budget - 1)
+
+
+def _check_list(item: list[Any], budget: int) -> None:
+    for child in item:
+        kind = type(child)
+        if kind is dict or kind is list:
+            if budget <= 0:
+                raise KernelError("EINVAL", f"message nests deeper than {params.MAX_MESSAGE_DEPTH} levels")
+            (_check_map if kind is dict else _check_list)(child, budget - 1)
 
 
 def frame(payload: bytes) -> bytes:

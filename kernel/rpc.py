@@ -135,7 +135,7 @@ class RpcClient:
         self._next_id = 1
         self._waiters: dict[int, _Waiter] = {}
         self._closed_error: KernelError | None = None
-        self._reader: trio.CancelScope | None = None  # scope of the caller reading now, if any
+        self._reading = False  # a caller is reading the stream now
 
     async def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
         """Send one request and wait for its reply.
@@ -155,7 +155,7 @@ class RpcClient:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.fail_all(KernelError("EIO", "the peer closed the connection"))
             while waiter.outcome is _UNSET:
-                if self._reader is None:
+                if not self._reading:
                     await self._read_until(waiter)
                 else:
                     await waiter.event.wait()  # our reply, or a nudge to take over reading
@@ -168,26 +168,25 @@ class RpcClient:
 
     async def _read_until(self, waiter: _Waiter) -> None:
         """Read and route replies until ``waiter`` has one; then hand reading to another caller."""
-        with trio.CancelScope() as scope:  # fail_all cancels it to free a reader stuck in receive
-            self._reader = scope
-            try:
-                while waiter.outcome is _UNSET:
-                    try:
-                        message = await self.stream.receive()
-                    except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError, KernelError):
-                        self.fail_all(KernelError("EIO", "the peer closed the connection"))
-                        return
-                    request_id, outcome = codec.parse_reply(message)
-                    other = self._waiters.get(request_id)
-                    if other is not None and other.outcome is _UNSET:
-                        other.outcome = outcome
-                        other.event.set()
-            finally:
-                self._reader = None
-                for other in self._waiters.values():
-                    if other.outcome is _UNSET and other is not waiter:
-                        other.event.set()  # nudge one follower to become the reader
-                        break
+        self._reading = True
+        try:
+            while waiter.outcome is _UNSET:
+                try:
+                    message = await self.stream.receive()
+                except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError, KernelError, OSError):
+                    self.fail_all(KernelError("EIO", "the peer closed the connection"))
+                    return
+                request_id, outcome = codec.parse_reply(message)
+                other = self._waiters.get(request_id)
+                if other is not None and other.outcome is _UNSET:
+                    other.outcome = outcome
+                    other.event.set()
+        finally:
+            self._reading = False
+            for other in self._waiters.values():
+                if other.outcome is _UNSET and other is not waiter:
+                    other.event.set()  # nudge one follower to become the reader
+                    break
 
     @property
     def closed(self) -> bool:
@@ -203,8 +202,7 @@ class RpcClient:
             if waiter.outcome is _UNSET:
                 waiter.outcome = error
                 waiter.event.set()
-        if self._reader is not None:
-            self._reader.cancel()
+        self.stream.close()  # wakes a reader blocked in receive; it finds its outcome set
 
 
 class _Waiter:

@@ -31,6 +31,8 @@ class MessageStream(Protocol):
 
     async def aclose(self) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class MemoryMessageStream:
     """One end of an in-process pair; see ``memory_stream_pair``."""
@@ -67,8 +69,13 @@ class MemoryMessageStream:
 
     async def aclose(self) -> None:
         """Close both directions; the peer's receive then raises EndOfChannel."""
-        await self._send_channel.aclose()
-        await self._receive_channel.aclose()
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        """Close at once, without waiting; a task blocked in ``receive`` wakes with EndOfChannel."""
+        self._send_channel.close()
+        self._receive_channel.close()
 
 
 def memory_stream_pair(buffer: int = params.MAX_PENDING_PER_CONNECTION) -> tuple[MemoryMessageStream, MemoryMessageStream]:
@@ -114,6 +121,12 @@ class FramedMessageStream:
     async def aclose(self) -> None:
         """Close the underlying byte stream."""
         await self.stream.aclose()
+
+    def close(self) -> None:
+        """Close at once, without waiting; a task blocked in ``receive`` wakes with an error."""
+        socket_stream = getattr(self.stream, "socket", None)
+        if socket_stream is not None:
+            socket_stream.close()  # trio wakes any task waiting on this socket
 
 
 def peer_credentials(stream: trio.SocketStream) -> tuple[int, int, int] | None:
