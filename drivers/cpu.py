@@ -126,6 +126,12 @@ class TorchDriver(DriverServer):
         await self.compute.run(self.engine.swap_in, blocks, tensors)
         del self._swapped[handle]
 
+    async def do_swap_free(self, raw: dict[str, Any]) -> None:
+        """Drop a swapped-out handle whose process ended before it was swapped back in."""
+        handle = Args("swap_free", raw, ("handle",)).integer("handle")
+        if self._swapped.pop(handle, None) is None:
+            raise KernelError("ENOENT", f"swap_free: no swapped-out data with handle {handle}")
+
     def _require_tokenizer(self, op: str) -> Any:
         if self.tokenizer is None:
             raise KernelError("ENOSYS", f"{op}: the loaded model has no tokenizer")

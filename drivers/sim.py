@@ -9,6 +9,7 @@ simulator gives it a roofline later (DESIGN.md, Time and simulation).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from typing import Any
 
@@ -16,6 +17,7 @@ import trio
 
 from llmos.kernel.args import Args
 from llmos.kernel.batch import SamplingParams, StepBatch, StepResult
+from llmos.kernel.errors import KernelError
 
 from .base import DriverServer
 
@@ -38,6 +40,9 @@ class SimDriver(DriverServer):
         self.vocab_size = 32000
         self.step_s = 0.005  # fixed cost of one step (kernel launch, weight read at batch 1)
         self.token_s = 0.0001  # added cost per token computed
+        self.kv_bytes_per_token = 4096  # what swap would move per token on a real device
+        self._swapped: dict[int, int] = {}  # handle -> number of blocks
+        self._handles = itertools.count(1)
 
     async def do_info(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Kind, whether it is real, and its cost model."""
@@ -50,7 +55,8 @@ class SimDriver(DriverServer):
         self.vocab_size = a.integer("vocab_size", self.vocab_size, 2, 1 << 22)
         self.step_s = a.number("step_s", self.step_s, 0.0, 60.0)
         self.token_s = a.number("token_s", self.token_s, 0.0, 1.0)
-        return {"kind": self.kind, "emulated": True, "vocab_size": self.vocab_size, "eos_ids": [], "tokenizer": False}
+        return {"kind": self.kind, "emulated": True, "vocab_size": self.vocab_size, "eos_ids": [], "tokenizer": False,
+                "kv_bytes_per_token": self.kv_bytes_per_token}
 
     async def do_unload_model(self, raw: dict[str, Any]) -> None:
         """Nothing to free."""
@@ -66,6 +72,28 @@ class SimDriver(DriverServer):
         wall = time.perf_counter() - started  # the host's own work, apart from the modeled time
         await trio.sleep(elapsed)
         return StepResult(tokens, elapsed, wall)
+
+    async def do_swap_out(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """'Copy' blocks to host memory: a handle and the bytes a real device would move."""
+        blocks = self._block_ids(Args("swap_out", raw, ("blocks",)), "blocks")
+        handle = next(self._handles)
+        self._swapped[handle] = len(blocks)
+        return {"handle": handle, "bytes": len(blocks) * self.block_size * self.kv_bytes_per_token}
+
+    async def do_swap_in(self, raw: dict[str, Any]) -> None:
+        """Redeem a swap-out handle into ``blocks``."""
+        a = Args("swap_in", raw, ("blocks", "handle"))
+        blocks = self._block_ids(a, "blocks")
+        handle = a.integer("handle")
+        if self._swapped.get(handle) != len(blocks):
+            raise KernelError("ENOENT", f"swap_in: no swapped-out data of {len(blocks)} blocks with handle {handle}")
+        del self._swapped[handle]
+
+    async def do_swap_free(self, raw: dict[str, Any]) -> None:
+        """Drop a handle that will never be swapped in."""
+        handle = Args("swap_free", raw, ("handle",)).integer("handle")
+        if self._swapped.pop(handle, None) is None:
+            raise KernelError("ENOENT", f"swap_free: no swapped-out data with handle {handle}")
 
     async def _copy_blocks(self, src: list[int], dst: list[int]) -> None:
         pass

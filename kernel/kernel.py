@@ -23,7 +23,8 @@ import trio
 
 from . import codec, params
 from .errors import KernelError
-from .memory import BlockPool
+from .kv_hash import TenantSalts
+from .kv_manager import KVCacheManager
 from .names import NameServer
 from .policy import make_policy
 from .process import ExitReason, ExitStatus, Signal
@@ -49,6 +50,8 @@ class DeviceConfig:
     load_args: dict[str, Any] = field(default_factory=dict)  # the driver's load_model arguments
     num_kv_blocks: int = params.NUM_KV_BLOCKS
     block_size: int = params.BLOCK_SIZE
+    num_swap_blocks: int = params.NUM_SWAP_BLOCKS  # host swap space, in blocks
+    prefix_cache: bool = True  # share full prompt blocks between processes of one tenant
 
 
 @dataclass
@@ -96,6 +99,7 @@ class Kernel:
         self.booted_at = trio.current_time()
         self._nursery = nursery
         self._secret = secrets.token_bytes(32)  # signs tenant tokens; new on every boot
+        self.salts = TenantSalts()  # per-tenant prefix-cache salts; no caller can choose one
 
     # -- boot and shutdown -------------------------------------------------------------------
 
@@ -107,9 +111,9 @@ class Kernel:
             if cfg.name in self.devices:
                 raise KernelError("EEXIST", f"two devices are named {cfg.name!r}")
             endpoint = f"driver.{cfg.name}"
-            pool = BlockPool(cfg.num_kv_blocks, cfg.block_size)
-            scheduler = DeviceScheduler(cfg.name, endpoint, pool, self.table, self.names,
-                                        make_policy(self.config.policy), self.config.scheduler)
+            kv = KVCacheManager(cfg.num_kv_blocks, cfg.block_size, cfg.num_swap_blocks, cfg.prefix_cache)
+            scheduler = DeviceScheduler(cfg.name, endpoint, kv, self.table, self.names,
+                                        make_policy(self.config.policy), self.config.scheduler, self.salts.salt)
             device = Device(cfg.name, endpoint, cfg.model, scheduler)
             self.devices[cfg.name] = device
             await self.supervisor.start(endpoint, cfg.driver, self._device_starter(device, cfg))
@@ -119,6 +123,7 @@ class Kernel:
         async def start_device(endpoint: str) -> None:
             # Runs on every (re)start of the driver: a new instance has no model and no KV cache.
             device.info = await self.names.call(endpoint, "load_model", cfg.load_args, bound_only=True)
+            device.scheduler.kv_bytes_per_token = int(device.info.get("kv_bytes_per_token") or params.DEFAULT_KV_BYTES_PER_TOKEN)
             await self.names.call(endpoint, "init_kv", {"num_blocks": cfg.num_kv_blocks, "block_size": cfg.block_size}, bound_only=True)
         return start_device
 
@@ -278,9 +283,9 @@ class Kernel:
                     "model": d.model,
                     "kind": d.info.get("kind", "?"),
                     "emulated": bool(d.info.get("emulated", False)),
-                    "kv_blocks_total": d.scheduler.pool.num_blocks,
-                    "kv_blocks_used": d.scheduler.pool.num_used,
-                    "block_size": d.scheduler.pool.block_size,
+                    "kv_blocks_total": d.scheduler.kv.num_blocks,
+                    "kv_blocks_used": d.scheduler.kv.num_blocks - d.scheduler.kv.num_free_blocks,
+                    "block_size": d.scheduler.kv.block_size,
                     "steps": d.scheduler.stats.num_steps,
                     "busy_s": d.scheduler.stats.busy_s,
                     "preemptions": d.scheduler.stats.num_preemptions,

@@ -29,6 +29,11 @@ MAX_SEQS = 64  # sequences in one step
 # KV cache (configurable)
 BLOCK_SIZE = 16  # tokens per KV block
 NUM_KV_BLOCKS = 4096  # blocks in a device's pool
+NUM_SWAP_BLOCKS = 4096  # blocks of host swap space per device
+ADMISSION_RESERVE = 0.02  # fraction of a pool admissions leave free for running processes to grow into
+SWAP_BANDWIDTH_BYTES_PER_S = 8e9  # host copy rate assumed when weighing swap against recompute
+PREFILL_TOKENS_PER_S = 2000.0  # prefill rate assumed until the device has measured its own
+DEFAULT_KV_BYTES_PER_TOKEN = 4096  # for drivers that do not report it (sim)
 
 # Supervisor: a crashed server is restarted after BACKOFF_INITIAL_S, doubling up to BACKOFF_MAX_S;
 # a server that stayed up RESTART_RESET_S since its last start gets the initial backoff again.

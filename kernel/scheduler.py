@@ -1,29 +1,35 @@
 """The per-device scheduler: iteration-level batching (continuous batching, chunked prefill).
 
 Every step the planner builds one ``StepBatch`` under a token budget and a sequence cap:
-first the running processes (decodes before prefill chunks, in policy order), then new
-admissions from the ready queue while budget and blocks last. When blocks run out it preempts
-(drops the victim's blocks; it recomputes later). The policy only ranks; this module plans.
+first the running processes (decodes before prefill chunks, in policy order), then admissions
+from the ready queue while budget and blocks last. Memory comes from the device's
+``KVCacheManager``; when it runs out the planner preempts the lowest-ranked running process,
+swapping it out or dropping its blocks to recompute later (``preemption.py`` picks). The
+policy only ranks; this module plans.
 
-The step itself is a call to the device's driver through the name server; if the driver
-crashes mid-step every process on the device loses its KV cache and is recomputed, so no
-process is lost and, sampling being stateless, none changes its result.
+A plan is the batch plus the driver work that must precede it, in order: swap-outs of victims
+before their blocks are reused, zeroing of blocks that change tenant, copy-on-write copies,
+swap-ins. The step is a call to the device's driver through the name server; if the driver
+dies (mid-step or idle), its KV storage died with it and every process on the device is
+recomputed, so none is lost and, sampling being stateless, none changes its result.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
 from . import params
 from .batch import SamplingParams, SeqChunk, StepBatch, StepResult
 from .errors import KernelError
-from .memory import BlockPool
+from .kv_manager import KVCacheManager
 from .names import NameServer
 from .policy import Policy
+from .preemption import PreemptionMode, choose_swap
 from .process import ExitReason, ExitStatus, Process, ProcState, Signal
 from .proctable import ProcessTable
 
@@ -36,17 +42,28 @@ class SchedulerConfig:
 
     max_batch_tokens: int = params.MAX_BATCH_TOKENS  # tokens per step (decodes + prefill chunks)
     max_seqs: int = params.MAX_SEQS  # sequences per step
+    preemption: PreemptionMode = PreemptionMode.AUTO  # swap, recompute, or the cheaper of the two
 
 
 @dataclass
 class DeviceStats:
-    """Counters ``lsdev`` and ``meminfo`` show."""
+    """Counters ``uname`` and ``meminfo`` show."""
 
     num_steps: int = 0
     num_tokens: int = 0  # tokens computed (prefill + decode)
     busy_s: float = 0.0  # device time spent in steps
     num_preemptions: int = 0
+    num_swaps: int = 0  # preemptions that swapped the victim out
+    num_recomputes: int = 0  # preemptions that dropped the victim's blocks
+    swap_bytes: int = 0  # bytes moved to and from host swap
     num_driver_crashes: int = 0
+
+
+@dataclass
+class _Plan:
+    batch: StepBatch | None  # None: only driver work this turn (e.g. freeing a swap handle)
+    procs: list[Process]
+    ops: list[tuple[str, dict[str, Any], int | None]] = field(default_factory=list)  # (op, args, pid)
 
 
 class DeviceScheduler:
@@ -56,22 +73,30 @@ class DeviceScheduler:
         self,
         device: str,
         endpoint: str,
-        pool: BlockPool,
+        kv: KVCacheManager,
         table: ProcessTable,
         names: NameServer,
         policy: Policy,
         config: SchedulerConfig,
+        salt_of: Callable[[str], bytes],
     ) -> None:
         self.device = device
         self.endpoint = endpoint
-        self.pool = pool
+        self.kv = kv
         self.policy = policy
         self.config = config
         self.stats = DeviceStats()
+        self.kv_bytes_per_token = params.DEFAULT_KV_BYTES_PER_TOKEN  # set from load_model's reply
+        self._salt_of = salt_of
         self._table = table
         self._names = names
         self._running: list[Process] = []  # admitted, hold blocks, in admission order
-        self._ready: list[Process] = []  # waiting for admission
+        self._ready: list[Process] = []  # waiting for admission (READY or SWAPPED)
+        self._swap_handles: dict[int, int] = {}  # pid -> the driver's handle for its swapped KV
+        # Driver work not yet sent, in the order it must run: (op, args, pid it concerns).
+        # Invariant: everything here runs before the next step; nothing is ever dropped.
+        self._ops: list[tuple[str, dict[str, Any], int | None]] = []
+        self._preempted_now: set[int] = set()  # victims of the plan being built: not re-admitted in it
         self._in_flight: set[int] = set()  # pids in the step now on the device
         self._work = trio.Event()
         self._clock: Callable[[], float] = trio.current_time
@@ -79,8 +104,9 @@ class DeviceScheduler:
     # -- what syscalls call ------------------------------------------------------------------
 
     def submit(self, proc: Process) -> None:
-        """Queue a new (or continued) process for admission."""
-        self._table.set_state(proc, ProcState.READY)
+        """Queue a new, continued or forked process for admission."""
+        swapped = bool(self.kv.swap_slots(proc.pid))
+        self._table.set_state(proc, ProcState.SWAPPED if swapped else ProcState.READY)
         self._ready.append(proc)
         self._wake()
 
@@ -90,21 +116,40 @@ class DeviceScheduler:
             self.finish(proc, ExitStatus(ExitReason.SIGNAL, signal=sig, message=f"killed by {sig.name}"))
         elif sig is Signal.SIGTERM:
             proc.pending_term = True
-        elif sig is Signal.SIGSTOP and proc.state in (ProcState.READY, ProcState.RUNNING, ProcState.NEW):
+        elif sig is Signal.SIGSTOP and proc.state in (ProcState.READY, ProcState.RUNNING, ProcState.SWAPPED, ProcState.NEW):
             self._forget(proc)
             self._table.set_state(proc, ProcState.STOPPED)  # keeps its blocks until memory is short
         elif sig is Signal.SIGCONT and proc.state is ProcState.STOPPED:
             self.submit(proc)
 
+    def fork(self, parent: Process, children: list[Process]) -> None:
+        """Let ``children`` share the parent's computed KV blocks copy-on-write, then queue them."""
+        if self.kv.table(parent.pid):
+            self.kv.fork(parent.pid, [c.pid for c in children])
+            for child in children:
+                child.num_computed = parent.num_computed
+        for child in children:
+            self.submit(child)
+
     def finish(self, proc: Process, status: ExitStatus) -> None:
-        """End ``proc``: free its blocks and make it a zombie."""
+        """End ``proc``: free its blocks and swap, and make it a zombie."""
         self._forget(proc)
-        self.pool.release(proc.pid)
+        self._release(proc)
         self._table.exit(proc, status)
 
-    def runnable(self) -> int:
-        """Processes this device still has to serve."""
-        return len(self._running) + len(self._ready)
+    def meminfo(self) -> dict[str, Any]:
+        """The device's memory figures plus its preemption counters."""
+        info = self.kv.meminfo()
+        info.update(
+            device=self.device,
+            block_size=self.kv.block_size,
+            preemptions=self.stats.num_preemptions,
+            swaps=self.stats.num_swaps,
+            recomputes=self.stats.num_recomputes,
+            swap_bytes=self.stats.swap_bytes,
+            preemption_mode=self.config.preemption.value,
+        )
+        return info
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -119,40 +164,56 @@ class DeviceScheduler:
                     self.stats.num_driver_crashes += 1
                     self.reset_kv()
                 generation = endpoint.generation
-            planned = self.plan()
-            if planned is None:
+            plan = self.plan()
+            if plan is None:
                 self._work = trio.Event()
                 await self._work.wait()
                 continue
-            batch, procs = planned
-            self._in_flight = {p.pid for p in procs}
+            self._in_flight = {p.pid for p in plan.procs}
             client = endpoint.client
             try:
                 if client is None:
                     raise KernelError("EIO", f"driver {self.endpoint} is restarting")
-                reply = await client.call("step", batch.to_wire())
+                for op, args, pid in plan.ops:
+                    self._record_op(op, pid, await client.call(op, args))
+                if plan.batch is None:
+                    continue
+                reply = await client.call("step", plan.batch.to_wire())
             except KernelError as error:
                 self._in_flight = set()
                 driver_died = error.errno == "EIO" and (client is None or client.closed)
                 if not driver_died:
-                    self._fail(procs, error)
+                    self._fail(plan.procs, error)
                 continue  # a crashed driver: the next turn sees the new generation and recomputes
             self._in_flight = set()
             try:
                 result = StepResult.from_wire(reply)
-                if len(result.tokens) != len(procs):
-                    raise ValueError(f"{len(result.tokens)} tokens for {len(procs)} sequences")
+                if len(result.tokens) != len(plan.procs):
+                    raise ValueError(f"{len(result.tokens)} tokens for {len(plan.procs)} sequences")
             except (KeyError, TypeError, ValueError) as exc:
-                self._fail(procs, KernelError("EIO", f"driver {self.endpoint} returned a malformed step result: {exc}"))
+                self._fail(plan.procs, KernelError("EIO", f"driver {self.endpoint} returned a malformed step result: {exc}"))
                 continue
-            self.apply(procs, batch, result)
+            self.apply(plan.procs, plan.batch, result)
 
-    def plan(self) -> tuple[StepBatch, list[Process]] | None:
-        """Build the next batch, or None if no process can run."""
+    def _record_op(self, op: str, pid: int | None, reply: Any) -> None:
+        """Book-keeping for a driver op that just ran (the handle and bytes of a swap-out)."""
+        if op != "swap_out" or pid is None:
+            return
+        self.stats.swap_bytes += 2 * reply["bytes"]  # out now, in later
+        proc = self._table.procs.get(pid)
+        if proc is None or not proc.alive:
+            self._ops.append(("swap_free", {"handle": reply["handle"]}, None))  # killed meanwhile
+            return
+        self._swap_handles[pid] = reply["handle"]
+        proc.acct.swap_bytes += 2 * reply["bytes"]
+
+    def plan(self) -> _Plan | None:
+        """Build the next batch and the driver work before it, or None if no process can run."""
         now = self._clock()
         budget = self.config.max_batch_tokens
         chunks: list[SeqChunk] = []
         chosen: list[Process] = []
+        self._preempted_now = set()
         ranked = self.policy.rank(self._running, now)
         ranked.sort(key=lambda p: p.num_tokens - p.num_computed > 1)  # decodes first (stable)
         for proc in ranked:
@@ -161,7 +222,7 @@ class DeviceScheduler:
             if proc.state is not ProcState.RUNNING:
                 continue  # preempted as a victim earlier in this loop
             num_new = min(proc.num_tokens - proc.num_computed, budget)
-            if not self._make_room(proc, proc.num_computed + num_new, chosen):
+            if not self._make_room(proc, num_new, chosen):
                 continue
             chunks.append(self._chunk(proc, num_new))
             chosen.append(proc)
@@ -169,18 +230,22 @@ class DeviceScheduler:
         for proc in self.policy.rank(self._ready, now):
             if len(chunks) >= self.config.max_seqs or budget <= 0:
                 break
-            num_new = min(proc.num_tokens - proc.num_computed, budget)
-            if not self._admit(proc, num_new):
+            if proc.pid in self._preempted_now:
+                continue
+            admitted = self._admit(proc, budget)
+            if admitted is None:
                 break  # head of line waits for memory; later ones do not jump it
-            chunks.append(self._chunk(proc, num_new))
-            chosen.append(proc)
-            budget -= num_new
+            if admitted:
+                chunks.append(self._chunk(proc, admitted))
+                chosen.append(proc)
+                budget -= admitted
+        ops, self._ops = self._ops, []
         if not chunks:
-            return None
-        return StepBatch(chunks, self.pool.block_size), chosen
+            return _Plan(None, [], ops) if ops else None
+        return _Plan(StepBatch(chunks, self.kv.block_size), chosen, ops)
 
     def apply(self, procs: list[Process], batch: StepBatch, result: StepResult) -> None:
-        """Record a finished step: progress, sampled tokens, exits."""
+        """Record a finished step: progress, sampled tokens, exits, newly cacheable blocks."""
         self.stats.num_steps += 1
         self.stats.num_tokens += batch.num_tokens
         self.stats.busy_s += result.elapsed_s
@@ -191,6 +256,7 @@ class DeviceScheduler:
             proc.acct.time_running_s += result.elapsed_s
             proc.acct.num_steps += 1
             proc.num_computed = chunk.context_len
+            self.kv.commit_full_blocks(proc.pid, proc.all_ids, proc.num_computed)
             if chunk.sample and proc.state is ProcState.STOPPED:
                 # Stopped while this step ran: drop the token so nothing appears after
                 # kill -STOP returned. Sampling is stateless, so after SIGCONT the same token
@@ -210,67 +276,107 @@ class DeviceScheduler:
                 self.finish(proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"))
 
     def reset_kv(self) -> None:
-        """Every KV block of this device is gone (driver restarted): recompute everyone."""
-        for proc in list(self._running):
-            self._preempt(proc)
-        for proc in list(self._table):
-            if proc.device == self.device and proc.state is ProcState.STOPPED and proc.num_computed:
-                self.pool.release(proc.pid)
+        """Every KV block and swapped copy of this device is gone: recompute everyone."""
+        self.kv.reset()
+        self._swap_handles.clear()
+        for proc in self._table:
+            if proc.device == self.device and proc.alive:
                 proc.acct.num_recomputed_tokens += proc.num_computed
                 proc.num_computed = 0
+                if proc in self._running:
+                    proc.acct.num_preemptions += 1
+                    self._running.remove(proc)
+                    self._ready.append(proc)
+                if proc.state in (ProcState.RUNNING, ProcState.SWAPPED):
+                    self._table.set_state(proc, ProcState.READY)
 
-    # -- helpers -----------------------------------------------------------------------------
+    # -- memory --------------------------------------------------------------------------------
 
     def _chunk(self, proc: Process, num_new: int) -> SeqChunk:
         start = proc.num_computed
-        sample = start + num_new == proc.num_tokens
-        sampling = proc.sampling
-        sampling = SamplingParams(sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed, len(proc.output_ids))
+        s = proc.sampling
         return SeqChunk(
             seq_id=proc.pid,
             token_ids=proc.all_ids[start : start + num_new],
             start_pos=start,
-            block_table=list(self.pool.table(proc.pid)),
-            sample=sample,
-            sampling=sampling,
+            block_table=self.kv.table(proc.pid),
+            sample=start + num_new == proc.num_tokens,
+            sampling=SamplingParams(s.temperature, s.top_k, s.top_p, s.seed, len(proc.output_ids)),
         )
 
-    def _admit(self, proc: Process, num_new: int) -> bool:
-        """Give a ready process its blocks and make it RUNNING; False if memory is short."""
-        needed = self.pool.blocks_for(proc.num_computed + num_new)
-        if needed > self.pool.num_blocks:
-            self.finish(proc, ExitStatus(
-                ExitReason.ERROR, errno="ENOMEM",
-                message=f"needs {needed} KV blocks but device {self.device} has {self.pool.num_blocks} in all",
-            ))
-            return True  # it is gone; the next one may be admitted
-        num_tokens = proc.num_computed + num_new
-        if not self.pool.ensure(proc.pid, num_tokens):
-            if not (self._reclaim_stopped(needed) and self.pool.ensure(proc.pid, num_tokens)):
-                return False
+    def _reserve(self) -> int:
+        return int(self.kv.num_blocks * params.ADMISSION_RESERVE)
+
+    def _admit(self, proc: Process, budget: int) -> int | None:
+        """Give a waiting process its memory and make it RUNNING.
+
+        Returns the tokens to compute this step, 0 if the process ended instead (ENOMEM), or
+        None if memory is short (it keeps waiting; whatever it got so far it keeps).
+        """
+        if self.kv.blocks_for(proc.num_tokens) > self.kv.num_blocks:
+            self.finish(proc, ExitStatus(ExitReason.ERROR, errno="ENOMEM", message=(
+                f"needs {self.kv.blocks_for(proc.num_tokens)} KV blocks but device {self.device} has "
+                f"{self.kv.num_blocks} in all")))
+            return 0
+        if self.kv.swap_slots(proc.pid):
+            pairs = self.kv.swap_in(proc.pid, reserve=self._reserve())
+            if pairs is None:
+                return None
+            handle = self._swap_handles.pop(proc.pid)
+            self._ops.append(("swap_in", {"blocks": [d for _, d in pairs], "handle": handle}, proc.pid))
+        salt = self._salt_of(proc.tenant)
+        first = not self.kv.table(proc.pid)
+        start = max(proc.num_computed, self.kv.cached_prefix(proc.all_ids, salt) if first else 0)
+        num_tokens = start + min(proc.num_tokens - start, budget)
+        allocation = self.kv.allocate(proc.pid, proc.all_ids, num_tokens, salt, reserve=self._reserve())
+        if allocation is None and self._reclaim_stopped(self.kv.blocks_for(num_tokens)):
+            allocation = self.kv.allocate(proc.pid, proc.all_ids, num_tokens, salt, reserve=self._reserve())
+        if allocation is None:
+            return None
+        if allocation.blocks_to_zero:
+            self._ops.append(("zero_blocks", {"blocks": allocation.blocks_to_zero}, None))
+        if first and allocation.num_cached_tokens > proc.num_computed:
+            proc.acct.prefix_cache_hits += allocation.num_cached_tokens - proc.num_computed
+            proc.num_computed = allocation.num_cached_tokens
+        pairs = self.kv.prepare_write(proc.pid, proc.num_computed, num_tokens)
+        if pairs is None:
+            return None
+        if pairs:
+            self._ops.append(("copy_blocks", {"src": [s for s, _ in pairs], "dst": [d for _, d in pairs]}, None))
         self._ready.remove(proc)
         self._running.append(proc)
         self._table.set_state(proc, ProcState.RUNNING)
         if proc.started_at is None:
             proc.started_at = self._clock()
-        return True
+        return min(proc.num_tokens - proc.num_computed, budget)
 
-    def _make_room(self, proc: Process, num_tokens: int, protected: list[Process]) -> bool:
-        """Ensure ``proc`` has blocks for ``num_tokens``, preempting others; False if it was preempted."""
-        while not self.pool.ensure(proc.pid, num_tokens):
-            if self._reclaim_stopped(self.pool.blocks_for(num_tokens)):
+    def _make_room(self, proc: Process, num_new: int, protected: list[Process]) -> bool:
+        """Grow a running process's table for ``num_new`` tokens, preempting others if needed.
+
+        Returns False if ``proc`` itself had to be preempted (or ended with ENOMEM).
+        """
+        salt = self._salt_of(proc.tenant)
+        num_tokens = proc.num_computed + num_new
+        while True:
+            allocation = self.kv.allocate(proc.pid, proc.all_ids, num_tokens, salt)
+            if allocation is not None and allocation.blocks_to_zero:
+                self._ops.append(("zero_blocks", {"blocks": allocation.blocks_to_zero}, None))
+            pairs = None if allocation is None else self.kv.prepare_write(proc.pid, proc.num_computed, num_tokens)
+            if pairs is not None:
+                break
+            if self._reclaim_stopped(self.kv.blocks_for(num_tokens)):
                 continue
             victims = [p for p in self._running if p is not proc and p not in protected]
             if not victims:
-                if not protected and self.pool.blocks_for(num_tokens) > self.pool.num_blocks:
-                    self.finish(proc, ExitStatus(
-                        ExitReason.ERROR, errno="ENOMEM",
-                        message=f"grew past the {self.pool.num_blocks} KV blocks of device {self.device}",
-                    ))
+                if not protected and self.kv.blocks_for(num_tokens) > self.kv.num_blocks:
+                    self.finish(proc, ExitStatus(ExitReason.ERROR, errno="ENOMEM", message=(
+                        f"grew past the {self.kv.num_blocks} KV blocks of device {self.device}")))
                 else:
                     self._preempt(proc)
                 return False
             self._preempt(self.policy.rank(victims, self._clock())[-1])
+        if pairs:
+            self._ops.append(("copy_blocks", {"src": [s for s, _ in pairs], "dst": [d for _, d in pairs]}, None))
         return True
 
     def _reclaim_stopped(self, needed: int) -> bool:
@@ -279,22 +385,42 @@ class DeviceScheduler:
         for proc in self._table:
             if freed >= needed:
                 break
-            if proc.device == self.device and proc.state is ProcState.STOPPED and self.pool.table(proc.pid):
-                freed += self.pool.release(proc.pid)
+            if proc.device == self.device and proc.state is ProcState.STOPPED and self.kv.table(proc.pid):
+                freed += self.kv.free(proc.pid)
                 proc.acct.num_recomputed_tokens += proc.num_computed
                 proc.num_computed = 0
         return freed > 0
 
     def _preempt(self, proc: Process) -> None:
-        """Drop ``proc``'s blocks and send it back to the ready queue (recompute later)."""
-        self.pool.release(proc.pid)
-        proc.acct.num_recomputed_tokens += proc.num_computed
+        """Take ``proc``'s blocks: swap them out or drop them, and queue it for re-admission."""
+        table = self.kv.table(proc.pid)
+        bytes_per_block = self.kv_bytes_per_token * self.kv.block_size
+        tokens_per_s = self.stats.num_tokens / self.stats.busy_s if self.stats.busy_s else params.PREFILL_TOKENS_PER_S
+        pairs = None
+        if choose_swap(self.config.preemption, len(table), bytes_per_block, proc.num_computed, tokens_per_s):
+            pairs = self.kv.swap_out(proc.pid)  # None if the swap space is full: recompute instead
         proc.acct.num_preemptions += 1
         self.stats.num_preemptions += 1
-        proc.num_computed = 0
         self._running.remove(proc)
-        self._table.set_state(proc, ProcState.READY)
         self._ready.append(proc)
+        self._preempted_now.add(proc.pid)
+        if pairs is not None:
+            self.stats.num_swaps += 1
+            self._ops.append(("swap_out", {"blocks": [b for b, _ in pairs]}, proc.pid))
+            self._table.set_state(proc, ProcState.SWAPPED)
+        else:
+            self.stats.num_recomputes += 1
+            self.kv.free(proc.pid)
+            proc.acct.num_recomputed_tokens += proc.num_computed
+            proc.num_computed = 0
+            self._table.set_state(proc, ProcState.READY)
+
+    def _release(self, proc: Process) -> None:
+        handle = self._swap_handles.pop(proc.pid, None)
+        if handle is not None:
+            self._ops.append(("swap_free", {"handle": handle}, None))
+            self._wake()
+        self.kv.free(proc.pid)
 
     def _forget(self, proc: Process) -> None:
         if proc in self._running:

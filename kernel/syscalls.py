@@ -153,7 +153,7 @@ async def sys_fork(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str,
     if k.table.num_live() + n > params.MAX_PROCESSES:
         raise KernelError("EAGAIN", f"fork: {n} more processes would exceed the limit of {params.MAX_PROCESSES}")
     device = k.devices[parent.device]
-    pids = []
+    children = []
     for index in range(n):
         child = Process(
             pid=k.table.allocate_pid(),
@@ -173,9 +173,9 @@ async def sys_fork(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str,
             nice=parent.nice,
         )
         k.table.add(child)
-        device.scheduler.submit(child)
-        pids.append(child.pid)
-    return {"pids": pids}
+        children.append(child)
+    device.scheduler.fork(parent, children)  # shares the parent's KV blocks copy-on-write
+    return {"pids": [c.pid for c in children]}
 
 
 def _child_sampling(parent: SamplingParams, parent_pid: int, index: int) -> SamplingParams:
@@ -203,7 +203,7 @@ async def sys_ps(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, A
     rows = []
     for proc in sorted(k.table, key=lambda p: p.pid):
         row = proc.summary()
-        row["kv_blocks"] = len(k.devices[proc.device].scheduler.pool.table(proc.pid))
+        row["kv_blocks"] = len(k.devices[proc.device].scheduler.kv.table(proc.pid))
         rows.append(row)
     return {"processes": rows}
 
@@ -213,7 +213,7 @@ async def sys_stat(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str,
     a = Args("stat", raw, ("pid",))
     proc = k.table.get(a.integer("pid"))
     info = proc.stat(k.now())
-    info["kv_blocks"] = len(k.devices[proc.device].scheduler.pool.table(proc.pid))
+    info["kv_blocks"] = len(k.devices[proc.device].scheduler.kv.table(proc.pid))
     return info
 
 
@@ -253,7 +253,15 @@ async def sys_token(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str
     return {"tenant": tenant, "token": k.issue_token(tenant)}
 
 
+async def sys_meminfo(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
+    """KV memory per device: blocks total/used/cached/free, swap, utilization, fragmentation,
+    prefix-cache hit rate, preemption counts."""
+    Args("meminfo", raw, ())
+    return {"devices": [d.scheduler.meminfo() for d in k.devices.values()]}
+
+
 SYSCALLS: dict[str, Handler] = {
+    "meminfo": sys_meminfo,
     "token": sys_token,
     "getpid": sys_getpid,
     "spawn": sys_spawn,

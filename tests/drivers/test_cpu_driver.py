@@ -14,6 +14,7 @@ from model_fixtures import write_checkpoint
 from llmos.drivers.cpu import TorchDriver
 from llmos.drivers.engine import TorchEngine
 from llmos.kernel.kernel import DeviceConfig, KernelConfig, open_kernel
+from llmos.kernel.preemption import PreemptionMode
 from llmos.kernel.scheduler import SchedulerConfig
 from llmos.userland import libllm
 
@@ -83,3 +84,25 @@ async def test_text_prompt_without_tokenizer_is_einval(checkpoint):
             await llm.spawn("hello")
         with pytest.raises(libllm.EINVAL, match="outside the vocabulary"):
             await llm.spawn(prompt_ids=[128])
+
+
+@pytest.mark.parametrize("mode", ["swap", "recompute"])
+async def test_64_processes_in_a_pool_far_too_small(checkpoint, mode):
+    prompts = [[(7 * i + j) % 120 + 1 for j in range(3 + i % 13)] for i in range(64)]
+
+    async def run(num_blocks: int) -> tuple[list[list[int]], dict]:
+        cfg = config(checkpoint, num_blocks, max_batch_tokens=96)
+        cfg.scheduler.max_seqs = 32
+        cfg.scheduler.preemption = PreemptionMode(mode)
+        async with open_kernel(cfg) as kernel, libllm.open_client(kernel) as llm:
+            pids = [await llm.spawn(prompt_ids=p, max_tokens=12, temperature=0.7, seed=i) for i, p in enumerate(prompts)]
+            outputs = [(await llm.wait(pid)).output_ids for pid in pids]
+            return outputs, (await llm.call("meminfo"))["devices"][0]
+
+    unlimited, _ = await run(num_blocks=1024)
+    tight, info = await run(num_blocks=24)  # 96 token slots for 64 processes wanting ~800
+    print(f"\n{mode}: preemptions {info['preemptions']}, swaps {info['swaps']}, "
+          f"recomputes {info['recomputes']}, swap bytes {info['swap_bytes']}")
+    assert tight == unlimited
+    assert info["preemptions"] > 10
+    assert (info["swaps"] if mode == "swap" else info["recomputes"]) == info["preemptions"]
