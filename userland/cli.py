@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     uname = sub.add_parser("uname", help="describe a running kernel: devices, servers, restarts")
     uname.add_argument("--socket", default=None)
 
+    meminfo = sub.add_parser("meminfo", aliases=["free"], help="KV memory per device: blocks, swap, utilization, prefix-cache hits")
+    meminfo.add_argument("--socket", default=None)
+    meminfo.add_argument("--json", action="store_true", help="print JSON")
+
     token = sub.add_parser("token", help="issue a tenant token (uid 0 only); clients present it with --token")
     token.add_argument("--tenant", required=True)
     token.add_argument("--socket", default=None)
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         from .generate import run_generate
 
         return run_generate(args)
-    if args.command in ("ps", "uname", "token"):
+    if args.command in ("ps", "uname", "token", "meminfo", "free"):
         from .inspect import run_inspect
 
         return run_inspect(args)

@@ -1,4 +1,4 @@
-"""``llmos ps``, ``uname`` and ``token``: talk to a running kernel through libllm."""
+"""``llmos ps``, ``uname``, ``meminfo`` and ``token``: talk to a running kernel through libllm."""
 
 from __future__ import annotations
 
@@ -21,6 +21,19 @@ def format_table(rows: list[dict], columns: tuple[str, ...]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def format_meminfo(devices: list[dict]) -> str:
+    """meminfo as free(1) would show it: blocks, swap and the cache's figures per device."""
+    lines = [f"{'device':8s} {'total':>7s} {'used':>7s} {'cached':>7s} {'free':>7s} {'swap':>11s} "
+             f"{'util':>6s} {'frag':>6s} {'prefix hit':>10s} {'preempt':>8s}"]
+    for d in devices:
+        lines.append(
+            f"{d['device']:8s} {d['blocks_total']:7d} {d['blocks_used']:7d} {d['blocks_cached']:7d} "
+            f"{d['blocks_free']:7d} {d['swap_used']:5d}/{d['swap_total']:<5d} {d['utilization']:6.1%} "
+            f"{d['fragmentation']:6.1%} {d['prefix_hit_rate']:10.1%} {d['preemptions']:8d}"
+        )
+    return "\n".join(lines)
+
+
 def run_inspect(args: argparse.Namespace) -> int:
     """Entry point of ``llmos ps`` and ``llmos uname``."""
     try:
@@ -28,6 +41,9 @@ def run_inspect(args: argparse.Namespace) -> int:
             if args.command == "ps":
                 rows = llm.ps()
                 print(json.dumps(rows) if args.json else format_table(rows, PS_COLUMNS))
+            elif args.command in ("meminfo", "free"):
+                devices = llm.call("meminfo")["devices"]
+                print(json.dumps(devices, indent=2) if args.json else format_meminfo(devices))
             elif args.command == "token":
                 print(llm.call("token", tenant=args.tenant)["token"])
             else:

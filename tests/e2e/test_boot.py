@@ -6,6 +6,7 @@ talk to it as a user's program would and never import the kernel.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -160,6 +161,18 @@ def test_llmos_ps_prints_a_table_of_the_live_kernel(socket_path, client):
     header, *rows = done.stdout.splitlines()
     assert header.split()[:3] == ["PID", "PPID", "UID"]
     assert any(row.split()[0] == str(pid) for row in rows), done.stdout
+
+
+def test_llmos_free_shows_the_kv_memory_of_the_live_kernel(socket_path, client):
+    pid = client.spawn(prompt_ids=[1] * 40, max_tokens=60_000)
+    wait_for_state(client, pid, "RUNNING")
+    table = llmos("free", "--socket", socket_path)
+    assert table.returncode == 0, table.stderr
+    header, row = table.stdout.splitlines()[:2]
+    assert header.split()[:3] == ["device", "total", "used"] and row.split()[0] == "sim0"
+    data = json.loads(llmos("meminfo", "--socket", socket_path, "--json").stdout)
+    assert data[0]["blocks_used"] >= 3 and data[0]["blocks_total"] == int(row.split()[1])
+    client.kill(pid, "SIGKILL")
 
 
 def test_llmos_ps_without_a_kernel_says_enoent(tmp_path):
