@@ -21,7 +21,6 @@ Targets (the issue's): llmos >= 2x transformers' throughput; batch-1 latency <= 
 from __future__ import annotations
 
 import argparse
-import csv
 import inspect
 import json
 import random
@@ -39,9 +38,8 @@ from llmos.kernel.kernel import open_kernel
 
 from . import libllm
 from .system import SystemOptions, build_config
+from .trace import DEFAULT_TRACE, TraceError, load_arrivals
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TRACE = REPO_ROOT.parent / "shared" / "traces" / "azure_conv_2023.csv"
 NUM_THREADS = 2  # torch intra-op threads, both sides; the reference machine has 2 cores
 TARGET_THROUGHPUT_RATIO = 2.0  # llmos tokens/s over transformers tokens/s, at least
 TARGET_LATENCY_RATIO = 1.2  # llmos seconds per decode token over transformers', at most
@@ -91,19 +89,10 @@ class Request:
 
 def load_trace(path: Path) -> list[tuple[int, int]]:
     """(prompt length, output length) of each row of an arrivals trace; BenchError if unusable."""
-    if not path.is_file():
-        raise BenchError("ENOENT", f"no trace at {path} (expected shared/traces/ beside the repository; pass --trace PATH)")
-    rows = []
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        for row in reader:
-            try:
-                rows.append((int(row["num_prefill_tokens"]), int(row["num_decode_tokens"])))
-            except (KeyError, TypeError, ValueError):
-                raise BenchError("EINVAL", f"{path}: needs columns num_prefill_tokens,num_decode_tokens of integers") from None
-    if not rows:
-        raise BenchError("EINVAL", f"{path}: the trace has no rows")
-    return rows
+    try:
+        return [(prompt, output) for _, prompt, output in load_arrivals(path)]
+    except TraceError as exc:
+        raise BenchError(exc.errno, exc.message) from None
 
 
 def draw_requests(rows: list[tuple[int, int]], num: int, vocab_size: int, seed: int, scale: Scale = Scale()) -> list[Request]:

@@ -56,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks that print their figures")
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH")
     bench_sub.required = True
+    memory = bench_sub.add_parser("memory", help="KV memory use on the trace workload (sim driver, virtual time)")
+    memory.add_argument("--json", action="store_true", help="print JSON")
+    memory.add_argument("--trace", default=None, help="arrivals trace CSV (default: shared/traces/azure_conv_2023.csv beside the repository)")
+    memory.add_argument("--requests", type=int, default=1000, help="replay the first N requests (default %(default)s)")
+    memory.add_argument("--kv-blocks", type=int, default=2048, help="KV blocks (default %(default)s)")
+    memory.add_argument("--block-size", type=int, default=16, help="tokens per block (default %(default)s)")
+    memory.add_argument("--swap-blocks", type=int, default=4096, help="swap space in blocks (default %(default)s)")
+    memory.add_argument("--preemption", default="auto", choices=["auto", "swap", "recompute"])
+    memory.add_argument("--seed", type=int, default=0)
     ipc = bench_sub.add_parser("ipc", help="round trip of a no-op syscall, in-process and over a socket")
     ipc.add_argument("--n", type=int, default=5000, help="round trips per transport")
     ipc.add_argument("--json", action="store_true", help="print JSON")
@@ -93,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench_ipc import run_bench_ipc
 
         return run_bench_ipc(args)
+    if args.command == "bench" and args.bench == "memory":
+        from .bench_memory import run_bench_memory
+
+        return run_bench_memory(args)
     if args.command == "bench" and args.bench == "engine":
         from .bench_engine import run_bench_engine
 
