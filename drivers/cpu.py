@@ -11,6 +11,7 @@ Bulk data stays here (DESIGN.md, IPC): ``swap_out`` keeps the host copies and re
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,15 @@ def resolve_dtype(name: str) -> torch.dtype:
         raise ValueError(f"unknown dtype {name!r}; choose from {', '.join(DTYPES)}") from None
 
 
+def _bos_token_id(path: Path) -> int | None:
+    """The checkpoint's ``bos_token_id`` (config.json), or None if it names none."""
+    try:
+        value = json.loads((path / "config.json").read_text()).get("bos_token_id")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, int) else None
+
+
 class TorchDriver(DriverServer):
     """A torch device (``cpu`` here; the cuda driver reuses it with another device string)."""
 
@@ -48,6 +58,7 @@ class TorchDriver(DriverServer):
         self.engine = TorchEngine(device, resolve_dtype(dtype))
         self.dtype_name = dtype
         self.tokenizer: Any = None
+        self.bos_id: int | None = None  # prepended by tokenize, as Llama tokenizers do
         self._swapped: dict[int, list[torch.Tensor]] = {}
         self._handles = itertools.count(1)
         self.compute = ComputeThread(f"llmos-{device}")
@@ -75,6 +86,7 @@ class TorchDriver(DriverServer):
             from tokenizers import Tokenizer
 
             self.tokenizer = Tokenizer.from_file(info["tokenizer"])
+        self.bos_id = _bos_token_id(Path(path))
         self.num_blocks = 0  # the KV pool belongs to the previous model
         return {
             "kind": self.kind,
@@ -98,7 +110,9 @@ class TorchDriver(DriverServer):
     async def do_tokenize(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Text to token ids."""
         text = Args("tokenize", raw, ("text",)).text("text")
-        return {"ids": self._require_tokenizer("tokenize").encode(text, add_special_tokens=False).ids}
+        ids = self._require_tokenizer("tokenize").encode(text, add_special_tokens=False).ids
+        # Llama-family models saw a BOS token at the start of every training document.
+        return {"ids": ids if self.bos_id is None else [self.bos_id, *ids]}
 
     async def do_detokenize(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Token ids to text."""
