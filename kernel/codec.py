@@ -17,6 +17,7 @@ failure is a ``KernelError`` that the caller turns into an error reply or a clos
 from __future__ import annotations
 
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,9 +30,21 @@ _LENGTH = struct.Struct(">I")
 HEADER_BYTES = _LENGTH.size
 
 
+# One reused Packer per thread: packb builds a new one per call, which costs more than the
+# packing of a small message; a Packer is not safe to share between threads (two SyncClients).
+_local = threading.local()
+
+
 def encode(message: dict[str, Any]) -> bytes:
     """Encode one message as a msgpack payload (no frame header)."""
-    return msgpack.packb(message, use_bin_type=True)
+    packer = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+    try:
+        return packer.pack(message)
+    except BaseException:
+        packer.reset()  # a failed pack may leave bytes buffered; never let them reach the next one
+        raise
 
 
 def decode(payload: bytes, max_bytes: int = params.MAX_FRAME_BYTES) -> dict[str, Any]:

@@ -3,7 +3,10 @@
 - in-process: libllm's async client over trio memory channels, kernel in the same trio loop;
 - socket: libllm's async client over a Unix socket to a kernel in another process (`llmos boot`);
 - socket-raw: a bare blocking socket speaking the wire format, to the same kernel;
-- floor: msgpack encode + decode of the same request and reply, no transport at all.
+- floor_codec: msgpack encode + decode of the same request and reply, no transport at all;
+- floor_trio: two bare trio tasks passing an int over memory channels: the scheduler's part.
+
+In-process cannot beat floor_codec + floor_trio; ``in_process_over_floor`` says how close it is.
 """
 
 from __future__ import annotations
@@ -87,6 +90,28 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
     return bytes(data)
 
 
+async def bench_trio_floor(n: int) -> list[int]:
+    """Two trio tasks passing a token over memory channels: the scheduler's own round trip."""
+    to_server, server_inbox = trio.open_memory_channel[int](1)
+    to_client, client_inbox = trio.open_memory_channel[int](1)
+
+    async def echo() -> None:
+        async for item in server_inbox:
+            to_client.send_nowait(item)
+
+    samples = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(echo)
+        for i in range(n + min(500, n)):
+            start = time.perf_counter_ns()
+            to_server.send_nowait(i)
+            await client_inbox.receive()
+            if i >= min(500, n):
+                samples.append(time.perf_counter_ns() - start)
+        nursery.cancel_scope.cancel()
+    return samples
+
+
 def bench_codec_floor(n: int) -> list[int]:
     """msgpack encode + decode of one request and its reply."""
     request = codec.make_request(1, "getpid", {})
@@ -103,7 +128,7 @@ def bench_codec_floor(n: int) -> list[int]:
 def run_bench_ipc(args: argparse.Namespace) -> int:
     """Entry point of ``llmos bench ipc``."""
     n = max(100, args.n)
-    results = {"floor_codec": percentiles_us(bench_codec_floor(n))}
+    results = {"floor_codec": percentiles_us(bench_codec_floor(n)), "floor_trio": percentiles_us(trio.run(bench_trio_floor, n))}
     results["in_process"] = percentiles_us(trio.run(bench_in_process, n))
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "llmos.sock")
@@ -121,12 +146,14 @@ def run_bench_ipc(args: argparse.Namespace) -> int:
         finally:
             kernel.send_signal(signal.SIGTERM)
             kernel.wait(timeout=30)
+    floor = results["floor_codec"]["p50_us"] + results["floor_trio"]["p50_us"]
+    results["in_process_over_floor"] = round(results["in_process"]["p50_us"] / floor, 2)
     results["n"] = n
     results["targets"] = {"in_process_p50_us": 50, "socket_p50_us": 150}
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        for name in ("floor_codec", "in_process", "socket", "socket_raw"):
+        for name in ("floor_codec", "floor_trio", "in_process", "socket", "socket_raw"):
             r = results[name]
             print(f"{name:12s}  p50 {r['p50_us']:8.1f} us   p99 {r['p99_us']:8.1f} us   mean {r['mean_us']:8.1f} us")
     return 0
