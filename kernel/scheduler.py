@@ -97,6 +97,8 @@ class DeviceScheduler:
         # Invariant: everything here runs before the next step; nothing is ever dropped.
         self._ops: list[tuple[str, dict[str, Any], int | None]] = []
         self._preempted_now: set[int] = set()  # victims of the plan being built: not re-admitted in it
+        self._chosen: list[Process] = []  # processes in the batch being built, in order
+        self._rank: dict[int, int] = {}  # pid -> position in this plan's ranking
         self._in_flight: set[int] = set()  # pids in the step now on the device
         self._work = trio.Event()
         self._clock: Callable[[], float] = trio.current_time
@@ -208,41 +210,54 @@ class DeviceScheduler:
         proc.acct.swap_bytes += 2 * reply["bytes"]
 
     def plan(self) -> _Plan | None:
-        """Build the next batch and the driver work before it, or None if no process can run."""
+        """Build the next batch and the driver work before it, or None if no process can run.
+
+        Running and waiting processes are ranked together by the policy and served in rank
+        order until the token budget or the sequence cap runs out, so a more important
+        arrival gets into the very next step: it pushes lower-ranked processes out of the
+        batch and, when memory is short, preempts the lowest-ranked of them.
+        """
         now = self._clock()
         budget = self.config.max_batch_tokens
         chunks: list[SeqChunk] = []
-        chosen: list[Process] = []
+        self._chosen = []
         self._preempted_now = set()
-        ranked = self.policy.rank(self._running, now)
-        ranked.sort(key=lambda p: p.num_tokens - p.num_computed > 1)  # decodes first (stable)
+        ranked = self.policy.rank(self._running + self._ready, now)
+        self._rank = {p.pid: i for i, p in enumerate(ranked)}
+        admitting = True  # the first waiting process that cannot get memory closes admission
         for proc in ranked:
             if len(chunks) >= self.config.max_seqs or budget <= 0:
                 break
-            if proc.state is not ProcState.RUNNING:
+            if proc.pid in self._preempted_now:
                 continue  # preempted as a victim earlier in this loop
-            num_new = min(proc.num_tokens - proc.num_computed, budget)
-            if not self._make_room(proc, num_new, chosen):
+            if proc.state is ProcState.RUNNING:
+                num_new = min(proc.num_tokens - proc.num_computed, budget)
+                if not self._make_room(proc, num_new):
+                    continue
+            elif admitting:
+                admitted = self._admit(proc, budget)
+                if admitted is None:
+                    admitting = False  # later arrivals do not jump the head of the line
+                    continue
+                if not admitted:
+                    continue  # it ended (ENOMEM)
+                num_new = admitted
+            else:
                 continue
             chunks.append(self._chunk(proc, num_new))
-            chosen.append(proc)
+            self._chosen.append(proc)
             budget -= num_new
-        for proc in self.policy.rank(self._ready, now):
-            if len(chunks) >= self.config.max_seqs or budget <= 0:
-                break
-            if proc.pid in self._preempted_now:
-                continue
-            admitted = self._admit(proc, budget)
-            if admitted is None:
-                break  # head of line waits for memory; later ones do not jump it
-            if admitted:
-                chunks.append(self._chunk(proc, admitted))
-                chosen.append(proc)
-                budget -= admitted
         ops, self._ops = self._ops, []
         if not chunks:
             return _Plan(None, [], ops) if ops else None
-        return _Plan(StepBatch(chunks, self.kv.block_size), chosen, ops)
+        return _Plan(StepBatch(chunks, self.kv.block_size), self._chosen, ops)
+
+    def _victims_below(self, proc: Process) -> list[Process]:
+        """Running processes ranked below ``proc`` and not in this step's batch, lowest last."""
+        mine = self._rank.get(proc.pid, len(self._rank))
+        victims = [p for p in self._running if p is not proc and p not in self._chosen
+                   and self._rank.get(p.pid, len(self._rank)) > mine]
+        return sorted(victims, key=lambda p: self._rank.get(p.pid, len(self._rank)))
 
     def apply(self, procs: list[Process], batch: StepBatch, result: StepResult) -> None:
         """Record a finished step: progress, sampled tokens, exits, newly cacheable blocks."""
@@ -329,10 +344,13 @@ class DeviceScheduler:
         start = max(proc.num_computed, self.kv.cached_prefix(proc.all_ids, salt) if first else 0)
         num_tokens = start + min(proc.num_tokens - start, budget)
         allocation = self.kv.allocate(proc.pid, proc.all_ids, num_tokens, salt, reserve=self._reserve())
-        if allocation is None and self._reclaim_stopped(self.kv.blocks_for(num_tokens)):
+        while allocation is None:
+            if not self._reclaim_stopped(self.kv.blocks_for(num_tokens)):
+                victims = self._victims_below(proc)
+                if not victims:
+                    return None
+                self._preempt(victims[-1])  # a more important arrival takes memory from the least
             allocation = self.kv.allocate(proc.pid, proc.all_ids, num_tokens, salt, reserve=self._reserve())
-        if allocation is None:
-            return None
         if allocation.blocks_to_zero:
             self._ops.append(("zero_blocks", {"blocks": allocation.blocks_to_zero}, None))
         if first and allocation.num_cached_tokens > proc.num_computed:
@@ -350,7 +368,7 @@ class DeviceScheduler:
             proc.started_at = self._clock()
         return min(proc.num_tokens - proc.num_computed, budget)
 
-    def _make_room(self, proc: Process, num_new: int, protected: list[Process]) -> bool:
+    def _make_room(self, proc: Process, num_new: int) -> bool:
         """Grow a running process's table for ``num_new`` tokens, preempting others if needed.
 
         Returns False if ``proc`` itself had to be preempted (or ended with ENOMEM).
@@ -366,15 +384,15 @@ class DeviceScheduler:
                 break
             if self._reclaim_stopped(self.kv.blocks_for(num_tokens)):
                 continue
-            victims = [p for p in self._running if p is not proc and p not in protected]
+            victims = self._victims_below(proc)
             if not victims:
-                if not protected and self.kv.blocks_for(num_tokens) > self.kv.num_blocks:
+                if not self._chosen and self.kv.blocks_for(num_tokens) > self.kv.num_blocks:
                     self.finish(proc, ExitStatus(ExitReason.ERROR, errno="ENOMEM", message=(
                         f"grew past the {self.kv.num_blocks} KV blocks of device {self.device}")))
                 else:
                     self._preempt(proc)
                 return False
-            self._preempt(self.policy.rank(victims, self._clock())[-1])
+            self._preempt(victims[-1])
         if pairs:
             self._ops.append(("copy_blocks", {"src": [s for s, _ in pairs], "dst": [d for _, d in pairs]}, None))
         return True
