@@ -69,7 +69,7 @@ class DriverServer(Server):
                 raise KernelError("EINVAL", f"step: sequence {seq.seq_id} has no tokens or a negative position")
             if len(seq.block_table) * self.block_size < seq.context_len:
                 raise KernelError("EINVAL", f"step: sequence {seq.seq_id} has too few blocks for {seq.context_len} tokens")
-            if any(not 0 <= b < self.num_blocks for b in seq.block_table):
+            if min(seq.block_table, default=0) < 0 or max(seq.block_table, default=0) >= self.num_blocks:
                 raise KernelError("EINVAL", f"step: sequence {seq.seq_id} names a block outside 0..{self.num_blocks - 1}")
         return batch
 

@@ -132,6 +132,15 @@ class Process:
         """Prompt followed by the generated tokens: the sequence the KV cache holds."""
         return self.prompt_ids + self.output_ids
 
+    def token_slice(self, start: int, stop: int) -> list[int]:
+        """``all_ids[start:stop]`` without building all_ids (the planner calls this every step)."""
+        split = len(self.prompt_ids)
+        if stop <= split:
+            return self.prompt_ids[start:stop]
+        if start >= split:
+            return self.output_ids[start - split : stop - split]
+        return self.prompt_ids[start:] + self.output_ids[: stop - split]
+
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)

@@ -271,7 +271,9 @@ class DeviceScheduler:
             proc.acct.time_running_s += result.elapsed_s
             proc.acct.num_steps += 1
             proc.num_computed = chunk.context_len
-            self.kv.commit_full_blocks(proc.pid, proc.all_ids, proc.num_computed)
+            if chunk.context_len // batch.block_size > chunk.start_pos // batch.block_size:
+                # A block filled up this step: it may now be shared through the prefix cache.
+                self.kv.commit_full_blocks(proc.pid, proc.all_ids, proc.num_computed)
             if chunk.sample and proc.state is ProcState.STOPPED:
                 # Stopped while this step ran: drop the token so nothing appears after
                 # kill -STOP returned. Sampling is stateless, so after SIGCONT the same token
@@ -312,7 +314,7 @@ class DeviceScheduler:
         s = proc.sampling
         return SeqChunk(
             seq_id=proc.pid,
-            token_ids=proc.all_ids[start : start + num_new],
+            token_ids=proc.token_slice(start, start + num_new),
             start_pos=start,
             block_table=self.kv.table(proc.pid),
             sample=start + num_new == proc.num_tokens,
@@ -376,6 +378,11 @@ class DeviceScheduler:
         salt = self._salt_of(proc.tenant)
         num_tokens = proc.num_computed + num_new
         while True:
+            if self.kv.blocks_for(num_tokens) <= len(self.kv.table(proc.pid)):
+                # The common decode step: the table already covers the new token.
+                pairs = self.kv.prepare_write(proc.pid, proc.num_computed, num_tokens)
+                if pairs is not None:
+                    break
             allocation = self.kv.allocate(proc.pid, proc.all_ids, num_tokens, salt)
             if allocation is not None and allocation.blocks_to_zero:
                 self._ops.append(("zero_blocks", {"blocks": allocation.blocks_to_zero}, None))

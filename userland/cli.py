@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks that print their figures")
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH")
     bench_sub.required = True
+    planner = bench_sub.add_parser("planner", help="the kernel's time per step at 32/128/512 processes, beside the CPU engine's step")
+    planner.add_argument("--json", action="store_true", help="print JSON")
+    planner.add_argument("--steps", type=int, default=200, help="steps timed per size (default %(default)s)")
     memory = bench_sub.add_parser("memory", help="KV memory use on the trace workload (sim driver, virtual time)")
     memory.add_argument("--json", action="store_true", help="print JSON")
     memory.add_argument("--trace", default=None, help="arrivals trace CSV (default: shared/traces/azure_conv_2023.csv beside the repository)")
@@ -102,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench_ipc import run_bench_ipc
 
         return run_bench_ipc(args)
+    if args.command == "bench" and args.bench == "planner":
+        from .bench_planner import run_bench_planner
+
+        return run_bench_planner(args)
     if args.command == "bench" and args.bench == "memory":
         from .bench_memory import run_bench_memory
 
