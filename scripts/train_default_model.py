@@ -512,7 +512,7 @@ def build_metadata(
     state: dict,
     losses: dict[str, float],
     samples: list[dict],
-    total_wall_s: float,
+    process_wall_s: float,
 ) -> dict:
     tok = data.tokenizer
     model_keys = (
@@ -567,7 +567,9 @@ def build_metadata(
             "held_out_eval": f"{data.held_windows.size(0)} fixed windows x {args.seq_len} tokens; "
             "perplexity = exp(mean token cross-entropy)",
             "train_wall_time_s": round(state["train_wall_s"], 1),
-            "total_wall_time_s": round(total_wall_s, 1),
+            # train_wall_time_s spans resumes; this one covers only the last process
+            # (corpus, tokenizer, final evaluation, samples, export).
+            "process_wall_time_s": round(process_wall_s, 1),
             "loss_history": history[:: max(1, len(history) // 40)],
             "held_out_history": state["eval_history"],
         },
@@ -621,7 +623,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{data.held_windows.size(0)} x {args.seq_len} tokens; stored {args.dtype} weights: "
         f"loss {stored_loss:.4f} (ppl {math.exp(stored_loss):.2f})"
     )
-    print(f"train wall time {state['train_wall_s']:.1f}s, total {time.perf_counter() - t0:.1f}s")
+    print(
+        f"train wall time {state['train_wall_s']:.1f}s (all runs), "
+        f"this process {time.perf_counter() - t0:.1f}s"
+    )
     for f in sorted(args.out.iterdir()):
         print(f"wrote {f} ({f.stat().st_size:,} bytes)")
 
