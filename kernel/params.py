@@ -41,3 +41,14 @@ BACKOFF_INITIAL_S = 0.01
 BACKOFF_MAX_S = 2.0
 RESTART_RESET_S = 10.0
 CALL_TIMEOUT_S = 60.0  # longest a kernel waits for a service or driver reply before ETIMEDOUT
+
+# Scheduling policies (kernel/policies/); each policy's constructor takes these as defaults.
+PRIORITY_AGING_S = 2.0  # priority: seconds of waiting that improve a process's nice by one level
+RR_QUANTUM_TOKENS = 64  # rr: tokens served before a process goes behind the others
+MLFQ_NUM_LEVELS = 8  # mlfq: queues; level i has quantum MLFQ_BASE_QUANTUM_TOKENS * 2**i, the last none
+MLFQ_BASE_QUANTUM_TOKENS = 32  # mlfq: quantum of the top level, in (weighted) tokens served
+MLFQ_PREFILL_WEIGHT = 1.0  # mlfq: cost of one prompt token relative to a generated one
+MLFQ_STARVATION_S = 10.0  # mlfq: seconds unserved after which a process is promoted to the top
+SRPT_AGING_TOKENS_PER_S = 10.0  # srpt: predicted tokens forgiven per second of waiting
+VTC_INPUT_WEIGHT = 1.0  # vtc: counter charge per prompt token computed (w_in)
+VTC_OUTPUT_WEIGHT = 2.0  # vtc: counter charge per generated token (w_out)

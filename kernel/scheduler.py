@@ -135,9 +135,12 @@ class DeviceScheduler:
 
     def finish(self, proc: Process, status: ExitStatus) -> None:
         """End ``proc``: free its blocks and swap, and make it a zombie."""
+        was_alive = proc.alive
         self._forget(proc)
         self._release(proc)
         self._table.exit(proc, status)
+        if was_alive:
+            self.policy.on_exit(proc, self._clock())  # exactly once: srpt learns its length
 
     def meminfo(self) -> dict[str, Any]:
         """The device's memory figures plus its preemption counters."""
@@ -261,6 +264,9 @@ class DeviceScheduler:
 
     def apply(self, procs: list[Process], batch: StepBatch, result: StepResult) -> None:
         """Record a finished step: progress, sampled tokens, exits, newly cacheable blocks."""
+        # First, while num_computed and output_ids still describe the state before the step:
+        # stateful policies (rr, mlfq, vtc) split what was served into prompt and output.
+        self.policy.on_step(procs, {c.seq_id: len(c.token_ids) for c in batch.seqs}, self._clock())
         self.stats.num_steps += 1
         self.stats.num_tokens += batch.num_tokens
         self.stats.busy_s += result.elapsed_s
