@@ -56,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks that print their figures")
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH")
     bench_sub.required = True
+    pol = bench_sub.add_parser("policies", help="fcfs, mlfq and srpt on the trace in virtual time: E2E and TTFT")
+    pol.add_argument("--json", action="store_true", help="print JSON")
+    pol.add_argument("--trace", default=None, help="arrivals trace CSV (default: shared/traces/azure_conv_2023.csv beside the repository)")
+    pol.add_argument("--requests", type=int, default=600, help="replay the first N requests (default %(default)s)")
+    pol.add_argument("--rate-scale", type=float, default=2.0, help="divide arrival times by this (default %(default)s)")
+    pol.add_argument("--max-seqs", type=int, default=16, help="sequences per step (default %(default)s)")
+    pol.add_argument("--max-batch-tokens", type=int, default=2048, help="token budget per step (default %(default)s)")
+    pol.add_argument("--kv-blocks", type=int, default=8192, help="KV blocks (default %(default)s)")
+    pol.add_argument("--seed", type=int, default=0)
     planner = bench_sub.add_parser("planner", help="the kernel's time per step at 32/128/512 processes, beside the CPU engine's step")
     planner.add_argument("--json", action="store_true", help="print JSON")
     planner.add_argument("--steps", type=int, default=200, help="steps timed per size (default %(default)s)")
@@ -105,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench_ipc import run_bench_ipc
 
         return run_bench_ipc(args)
+    if args.command == "bench" and args.bench == "policies":
+        from .bench_policies import run_bench_policies
+
+        return run_bench_policies(args)
     if args.command == "bench" and args.bench == "planner":
         from .bench_planner import run_bench_planner
 

@@ -1,0 +1,92 @@
+"""``llmos bench policies``: scheduling policies on the real trace, in virtual time.
+
+Replays the first N requests of the arrivals trace (arrival times divided by ``--rate-scale``
+to reach a load where FCFS queues) on a kernel with the sim driver, once per policy, and
+reports mean, p50 and p99 end-to-end latency and TTFT, and each policy's mean E2E as a ratio
+to FCFS measured in the same run. srpt is given each request's true output length (the
+simulator's oracle predictor), as FastServe-style studies do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+from llmos.kernel.kernel import open_kernel
+
+from . import libllm
+from .command import EXIT_FAILURE
+from .system import SystemOptions, build_config
+from .trace import DEFAULT_TRACE, TraceError, load_arrivals
+
+POLICIES = ("fcfs", "mlfq", "srpt")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def replay(options: SystemOptions, requests: list[tuple[float, int, int]], seed: int) -> dict[str, Any]:
+    """Run the requests at their arrival times under ``options.policy``; latency figures."""
+    rng = random.Random(seed)
+    e2e: list[float] = []
+    ttft: list[float] = []
+    async with open_kernel(build_config(options)) as kernel, libllm.open_client(kernel) as llm:
+        policy = kernel.devices["sim0"].scheduler.policy
+
+        async def one(arrived_at: float, prompt_len: int, output_len: int) -> None:
+            await trio.sleep_until(start + arrived_at)
+            prompt = [rng.randrange(1, 32000) for _ in range(prompt_len)]
+            pid = await llm.spawn(prompt_ids=prompt, max_tokens=max(1, output_len), ignore_eos=True)
+            if hasattr(policy, "hint"):
+                policy.hint(pid, max(1, output_len))  # the simulator knows the true length
+            stat = (await llm.wait(pid)).stat
+            e2e.append(stat["finished_at"] - stat["created_at"])
+            ttft.append(stat["ttft_s"])
+
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for request in requests:
+                nursery.start_soon(one, *request)
+    return {
+        "e2e_mean_s": statistics.fmean(e2e), "e2e_p50_s": percentile(e2e, 0.5), "e2e_p99_s": percentile(e2e, 0.99),
+        "ttft_mean_s": statistics.fmean(ttft), "ttft_p99_s": percentile(ttft, 0.99),
+    }
+
+
+def run_bench_policies(args: argparse.Namespace) -> int:
+    """Entry point of ``llmos bench policies``."""
+    try:
+        rows = load_arrivals(Path(args.trace).expanduser() if args.trace else DEFAULT_TRACE)
+    except TraceError as exc:
+        print(f"llmos bench policies: {exc.message} ({exc.errno})", file=sys.stderr)
+        return EXIT_FAILURE
+    requests = [(t / args.rate_scale, p, d) for t, p, d in rows[: args.requests]]
+    results: dict[str, Any] = {"requests": len(requests), "rate_scale": args.rate_scale, "max_seqs": args.max_seqs}
+    wall = time.perf_counter()
+    for policy in POLICIES:
+        options = SystemOptions(device="sim", policy=policy, kv_blocks=args.kv_blocks, block_size=16,
+                                max_seqs=args.max_seqs, max_batch_tokens=args.max_batch_tokens)
+        results[policy] = trio.run(replay, options, requests, args.seed, clock=trio.testing.MockClock(autojump_threshold=0))
+    for policy in POLICIES:
+        results[policy]["e2e_mean_vs_fcfs"] = results[policy]["e2e_mean_s"] / results["fcfs"]["e2e_mean_s"]
+    results["wall_s"] = round(time.perf_counter() - wall, 1)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(f"{len(requests)} trace requests, arrivals x{args.rate_scale}, max_seqs {args.max_seqs} (virtual time)")
+        for policy in POLICIES:
+            r = results[policy]
+            print(f"{policy:5s}  E2E mean {r['e2e_mean_s']:7.2f} s  p50 {r['e2e_p50_s']:7.2f}  p99 {r['e2e_p99_s']:7.2f}  "
+                  f"TTFT mean {r['ttft_mean_s']:6.2f} s  E2E vs fcfs {r['e2e_mean_vs_fcfs']:.2f}x")
+    return 0
