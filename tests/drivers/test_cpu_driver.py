@@ -3,12 +3,10 @@ prompt gives alone, preemption under a tiny KV pool changes nothing, and errors 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
 import pytest
-import torch
 from model_fixtures import write_checkpoint
 
 from llmos.drivers.cpu import TorchDriver
@@ -19,14 +17,6 @@ from llmos.kernel.scheduler import SchedulerConfig
 from llmos.userland import libllm
 
 PROMPTS = [[3, 1, 4, 1, 5, 9, 2, 6], [2, 7], [1, 8, 2, 8, 1, 8, 2, 8, 4, 5, 9, 0, 4, 5, 2, 3, 5, 3], [11]]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ transformers runs with its own past_key_values; greedy continuations must be ide
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +26,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:
 ATOL = 1e-4
 BLOCK_SIZE = 4
 GREEDY = SamplingParams(temperature=0.0)
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP
-    spin-waiting makes them up to 100x slower; restore the setting for whatever runs next."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 BASE: dict[str, Any] = {

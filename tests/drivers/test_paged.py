@@ -10,7 +10,6 @@ same as recomputing it from scratch with forward_dense at every token.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,16 +23,6 @@ from llmos.kernel.errors import KernelError
 
 PROMPT_LENS = [1, 2, 9, 23, 40, 70]
 NUM_NEW = 6
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP
-    spin-waiting makes them up to 100x slower; restore the setting for whatever runs next."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @dataclass
