@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from llmos.kernel.kernel import open_kernel
 
 from . import libllm
 from .command import EXIT_FAILURE
+from .replay import replay_trace
 from .system import SystemOptions, build_config
 from .trace import DEFAULT_TRACE, TraceError, load_arrivals
 
@@ -33,7 +33,6 @@ SAMPLE_EVERY_S = 0.25  # virtual seconds between meminfo samples
 
 async def replay(options: SystemOptions, requests: list[tuple[float, int, int]], seed: int) -> dict[str, Any]:
     """Run the requests at their arrival times; return the figures."""
-    rng = random.Random(seed)
     samples: list[tuple[int, float]] = []  # (blocks used, fragmentation) while anything is allocated
     async with open_kernel(build_config(options)) as kernel, libllm.open_client(kernel) as llm:
         done = trio.Event()
@@ -45,18 +44,10 @@ async def replay(options: SystemOptions, requests: list[tuple[float, int, int]],
                     samples.append((info["blocks_used"], info["fragmentation"]))
                 await trio.sleep(SAMPLE_EVERY_S)
 
-        async def one(arrived_at: float, prompt_len: int, output_len: int) -> None:
-            await trio.sleep_until(start + arrived_at)
-            prompt = [rng.randrange(1, 32000) for _ in range(prompt_len)]
-            pid = await llm.spawn(prompt_ids=prompt, max_tokens=max(1, output_len), ignore_eos=True)
-            await llm.wait(pid)
-
         start = trio.current_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sample)
-            async with trio.open_nursery() as requests_nursery:
-                for request in requests:
-                    requests_nursery.start_soon(one, *request)
+            await replay_trace(kernel, requests, seed)
             done.set()
         info = (await llm.call("meminfo"))["devices"][0]
         simulated_s = trio.current_time() - start

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import sys
 import time
@@ -23,8 +22,8 @@ import trio.testing
 
 from llmos.kernel.kernel import open_kernel
 
-from . import libllm
 from .command import EXIT_FAILURE
+from .replay import replay_trace
 from .system import SystemOptions, build_config
 from .trace import DEFAULT_TRACE, TraceError, load_arrivals
 
@@ -38,26 +37,12 @@ def percentile(values: list[float], q: float) -> float:
 
 async def replay(options: SystemOptions, requests: list[tuple[float, int, int]], seed: int) -> dict[str, Any]:
     """Run the requests at their arrival times under ``options.policy``; latency figures."""
-    rng = random.Random(seed)
-    e2e: list[float] = []
-    ttft: list[float] = []
-    async with open_kernel(build_config(options)) as kernel, libllm.open_client(kernel) as llm:
+    async with open_kernel(build_config(options)) as kernel:
         policy = kernel.devices["sim0"].scheduler.policy
-
-        async def one(arrived_at: float, prompt_len: int, output_len: int) -> None:
-            await trio.sleep_until(start + arrived_at)
-            prompt = [rng.randrange(1, 32000) for _ in range(prompt_len)]
-            pid = await llm.spawn(prompt_ids=prompt, max_tokens=max(1, output_len), ignore_eos=True)
-            if hasattr(policy, "hint"):
-                policy.hint(pid, max(1, output_len))  # the simulator knows the true length
-            stat = (await llm.wait(pid)).stat
-            e2e.append(stat["finished_at"] - stat["created_at"])
-            ttft.append(stat["ttft_s"])
-
-        start = trio.current_time()
-        async with trio.open_nursery() as nursery:
-            for request in requests:
-                nursery.start_soon(one, *request)
+        hint = getattr(policy, "hint", None)  # srpt: the simulator knows each true length
+        results = await replay_trace(kernel, requests, seed, on_spawn=hint)
+    e2e = [r.stat["finished_at"] - r.stat["created_at"] for r in results]
+    ttft = [r.stat["ttft_s"] for r in results]
     return {
         "e2e_mean_s": statistics.fmean(e2e), "e2e_p50_s": percentile(e2e, 0.5), "e2e_p99_s": percentile(e2e, 0.99),
         "ttft_mean_s": statistics.fmean(ttft), "ttft_p99_s": percentile(ttft, 0.99),
