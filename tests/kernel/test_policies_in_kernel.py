@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import trio
-from conftest import sim_config
+from sim_fixtures import sim_config
 
 from llmos.kernel.kernel import open_kernel
 from llmos.userland import libllm

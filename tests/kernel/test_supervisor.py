@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
-from conftest import sim_config
+from sim_fixtures import sim_config
 
 from llmos.kernel.errors import KernelError
 from llmos.kernel.kernel import open_kernel
