@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     pol.add_argument("--json", action="store_true", help="print JSON")
     pol.add_argument("--trace", default=None, help="arrivals trace CSV (default: shared/traces/azure_conv_2023.csv beside the repository)")
     pol.add_argument("--requests", type=int, default=600, help="replay the first N requests (default %(default)s)")
-    pol.add_argument("--rate-scale", type=float, default=2.0, help="divide arrival times by this (default %(default)s)")
+    pol.add_argument("--rate-scale", type=float, default=1.0, help="divide arrival times by this (default %(default)s)")
     pol.add_argument("--max-seqs", type=int, default=16, help="sequences per step (default %(default)s)")
     pol.add_argument("--max-batch-tokens", type=int, default=2048, help="token budget per step (default %(default)s)")
     pol.add_argument("--kv-blocks", type=int, default=8192, help="KV blocks (default %(default)s)")
