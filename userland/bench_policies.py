@@ -1,8 +1,8 @@
 """``llmos bench policies``: scheduling policies on the real trace, in virtual time.
 
-Replays the first N requests of the arrivals trace (arrival times divided by ``--rate-scale``
-to raise the load; at the trace's own rate FCFS already queues when --max-seqs is 16) on a kernel with the sim driver, once per policy, and
-reports mean, p50 and p99 end-to-end latency and TTFT, and each policy's mean E2E as a ratio
+Replays the first N requests of the arrivals trace on a kernel with the sim driver, once per
+policy. At the trace's own rate FCFS already queues with 16 sequences a step; ``--rate-scale``
+divides arrival times to raise the load further. It reports mean, p50 and p99 end-to-end latency and TTFT, and each policy's mean E2E as a ratio
 to FCFS measured in the same run. srpt is given each request's true output length (the
 simulator's oracle predictor), as FastServe-style studies do.
 """
