@@ -215,10 +215,10 @@ class DeviceScheduler:
     def plan(self) -> _Plan | None:
         """Build the next batch and the driver work before it, or None if no process can run.
 
-        Running and waiting processes are ranked together by the policy and served in rank
-        order until the token budget or the sequence cap runs out, so a more important
-        arrival gets into the very next step: it pushes lower-ranked processes out of the
-        batch and, when memory is short, preempts the lowest-ranked of them.
+        Running and waiting processes are ranked together by the policy; the top ``max_seqs``
+        make the batch, decodes first, then prefill chunks in the budget left. So a more
+        important arrival gets into the very next step: it pushes lower-ranked processes out
+        of the batch and, when memory is short, preempts the lowest-ranked of them.
         """
         now = self._clock()
         budget = self.config.max_batch_tokens
@@ -227,8 +227,14 @@ class DeviceScheduler:
         self._preempted_now = set()
         ranked = self.policy.rank(self._running + self._ready, now)
         self._rank = {p.pid: i for i, p in enumerate(ranked)}
+        # The policy picks who is in the batch (the top max_seqs); within it decodes go first,
+        # so prefill chunks only ever take the budget that decodes leave (stall-free batching).
+        # Processes below the top fill seats that the top could not use (memory).
+        top = ranked[: self.config.max_seqs]
+        order = [p for p in top if self._decoding(p)] + [p for p in top if not self._decoding(p)]
+        order += ranked[self.config.max_seqs :]
         admitting = True  # the first waiting process that cannot get memory closes admission
-        for proc in ranked:
+        for proc in order:
             if len(chunks) >= self.config.max_seqs or budget <= 0:
                 break
             if proc.pid in self._preempted_now:
@@ -254,6 +260,11 @@ class DeviceScheduler:
         if not chunks:
             return _Plan(None, [], ops) if ops else None
         return _Plan(StepBatch(chunks, self.kv.block_size), self._chosen, ops)
+
+    @staticmethod
+    def _decoding(proc: Process) -> bool:
+        """Running with only its last sampled token left to compute."""
+        return proc.state is ProcState.RUNNING and proc.num_tokens - proc.num_computed == 1
 
     def _victims_below(self, proc: Process) -> list[Process]:
         """Running processes ranked below ``proc`` and not in this step's batch, lowest last."""

@@ -74,3 +74,21 @@ async def test_vtc_serves_two_backlogged_tenants_evenly(autojump_clock):
                 served[row["tenant"]] += row["generated_tokens"]
             # Tenant a has six processes, b one; fair share gives them about the same service.
             assert abs(served["a"] - served["b"]) <= 0.1 * max(served.values()), served
+
+
+async def test_decodes_keep_their_tokens_while_a_more_important_prompt_prefills(autojump_clock):
+    # Budget 16 tokens a step: the urgent 200-token prompt is chunked over many steps, and the
+    # two lower-ranked decoders still get their token in each of them (stall-free batching).
+    config = sim_config(policy="priority", max_seqs=3, max_batch_tokens=16, kv_blocks=256)
+    async with open_kernel(config) as kernel, libllm.open_client(kernel, uid=0) as llm:
+        background = [await llm.spawn(prompt_ids=[1, 2], max_tokens=500, nice=10, seed=i) for i in range(2)]
+        for pid in background:
+            await llm.read(pid)
+        urgent = await llm.spawn(prompt_ids=[3] * 200, max_tokens=2, nice=-5)
+        before = {pid: (await llm.stat(pid))["generated_tokens"] for pid in background}
+        steps_before = kernel.devices["sim0"].scheduler.stats.num_steps
+        await trio.sleep(0.03)
+        assert (await llm.stat(urgent))["generated_tokens"] == 0  # still prefilling
+        steps = kernel.devices["sim0"].scheduler.stats.num_steps - steps_before
+        for pid in background:
+            assert (await llm.stat(pid))["generated_tokens"] - before[pid] >= steps - 1
