@@ -57,6 +57,7 @@ class DeviceStats:
     num_recomputes: int = 0  # preemptions that dropped the victim's blocks
     swap_bytes: int = 0  # bytes moved to and from host swap
     num_driver_crashes: int = 0
+    num_internal_errors: int = 0  # scheduler bugs survived (their processes ended with EIO)
 
 
 @dataclass
@@ -159,7 +160,12 @@ class DeviceScheduler:
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Plan and run steps forever; sleeps while there is nothing to do."""
+        """Plan and run steps forever; sleeps while there is nothing to do.
+
+        A bug in planning or accounting must not take the kernel down with it: the processes
+        this device was serving end with EIO, the error is logged, and the device goes on
+        serving new processes.
+        """
         generation = 0  # the driver instance whose KV cache our block tables describe
         while True:
             endpoint = await self._names.wait_ready(self.endpoint, timeout=float("inf"))
@@ -169,36 +175,47 @@ class DeviceScheduler:
                     self.stats.num_driver_crashes += 1
                     self.reset_kv()
                 generation = endpoint.generation
-            plan = self.plan()
-            if plan is None:
-                self._work = trio.Event()
-                await self._work.wait()
-                continue
-            self._in_flight = {p.pid for p in plan.procs}
-            client = endpoint.client
             try:
-                if client is None:
-                    raise KernelError("EIO", f"driver {self.endpoint} is restarting")
-                for op, args, pid in plan.ops:
-                    self._record_op(op, pid, await client.call(op, args))
-                if plan.batch is None:
-                    continue
-                reply = await client.call("step", plan.batch.to_wire())
-            except KernelError as error:
+                await self._turn(endpoint)
+            except Exception as exc:
+                log.exception("device %s: internal scheduler error", self.device)
+                self.stats.num_internal_errors += 1
                 self._in_flight = set()
-                driver_died = error.errno == "EIO" and (client is None or client.closed)
-                if not driver_died:
-                    self._fail(plan.procs, error)
-                continue  # a crashed driver: the next turn sees the new generation and recomputes
+                error = KernelError("EIO", f"internal scheduler error on {self.device}: {type(exc).__name__}: {exc}")
+                self._fail(list(self._running) + list(self._ready), error)
+
+    async def _turn(self, endpoint: Any) -> None:
+        """One plan and its step, or a wait for work."""
+        plan = self.plan()
+        if plan is None:
+            self._work = trio.Event()
+            await self._work.wait()
+            return
+        self._in_flight = {p.pid for p in plan.procs}
+        client = endpoint.client
+        try:
+            if client is None:
+                raise KernelError("EIO", f"driver {self.endpoint} is restarting")
+            for op, args, pid in plan.ops:
+                self._record_op(op, pid, await client.call(op, args))
+            if plan.batch is None:
+                return
+            reply = await client.call("step", plan.batch.to_wire())
+        except KernelError as error:
             self._in_flight = set()
-            try:
-                result = StepResult.from_wire(reply)
-                if len(result.tokens) != len(plan.procs):
-                    raise ValueError(f"{len(result.tokens)} tokens for {len(plan.procs)} sequences")
-            except (KeyError, TypeError, ValueError) as exc:
-                self._fail(plan.procs, KernelError("EIO", f"driver {self.endpoint} returned a malformed step result: {exc}"))
-                continue
-            self.apply(plan.procs, plan.batch, result)
+            driver_died = error.errno == "EIO" and (client is None or client.closed)
+            if not driver_died:
+                self._fail(plan.procs, error)
+            return  # a crashed driver: the next turn sees the new generation and recomputes
+        self._in_flight = set()
+        try:
+            result = StepResult.from_wire(reply)
+            if len(result.tokens) != len(plan.procs):
+                raise ValueError(f"{len(result.tokens)} tokens for {len(plan.procs)} sequences")
+        except (KeyError, TypeError, ValueError) as exc:
+            self._fail(plan.procs, KernelError("EIO", f"driver {self.endpoint} returned a malformed step result: {exc}"))
+            return
+        self.apply(plan.procs, plan.batch, result)
 
     def _record_op(self, op: str, pid: int | None, reply: Any) -> None:
         """Book-keeping for a driver op that just ran (the handle and bytes of a swap-out)."""

@@ -82,3 +82,26 @@ async def test_unknown_server_name_is_enoent(autojump_clock):
         with pytest.raises(KernelError) as err:
             kernel.supervisor.kill("nobody")
         assert err.value.errno == "ENOENT"
+
+
+async def test_a_scheduler_bug_ends_its_processes_with_eio_and_the_kernel_goes_on(autojump_clock, monkeypatch):
+    from llmos.kernel import policy
+
+    class BuggyPolicy(policy.FCFS):
+        name = "buggy"
+
+        def rank(self, procs, now):
+            if any(p.nice == 13 for p in procs):
+                raise ZeroDivisionError("a bug in a policy")
+            return super().rank(procs, now)
+
+    monkeypatch.setitem(policy.POLICIES, "buggy", BuggyPolicy)
+    async with open_kernel(sim_config(policy="buggy")) as kernel, libllm.open_client(kernel) as llm:
+        victim = await llm.spawn(prompt_ids=[1], max_tokens=200)
+        trigger = await llm.spawn(prompt_ids=[2], max_tokens=5, nice=13)
+        for pid in (victim, trigger):
+            result = await llm.wait(pid)
+            assert result.exit["errno"] == "EIO" and "ZeroDivisionError" in result.exit["message"]
+        later = await llm.wait(await llm.spawn(prompt_ids=[3], max_tokens=4))
+        assert later.finish_reason == "length"
+        assert kernel.devices["sim0"].scheduler.stats.num_internal_errors == 1
