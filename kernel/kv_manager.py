@@ -277,6 +277,8 @@ class KVCacheManager:
             return []
         indices = range(start // self.block_size, (end - 1) // self.block_size + 1)
         shared = [i for i in indices if self.pool.ref_count(seq.blocks[i]) > 1]
+        if not shared:
+            return []  # the common case, every step of every decode: nothing to copy
         taken = self.pool.allocate(len(shared), seq.salt)
         if taken is None:
             return None
