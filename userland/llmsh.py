@@ -5,10 +5,11 @@
     llmsh -c 'run --max-tokens 20 "def main():"; ps'
     llmsh script.llmsh
 
-Commands: run, ps, kill, wait, nice, fork, free, uname, help, exit. Errors read like a shell's
+Commands: run (``&`` for the background), jobs, fg, bg, ps, kill, wait, nice, fork, free,
+uname, help, exit; ``%N`` names job N. Errors read like a shell's
 (``llmsh: kill: 999: no such process (ESRCH)``); the exit status is the last command's: 0 on
 success, 1 when a syscall failed, 2 for a usage error, 127 for an unknown command.
-Job control (``&``, jobs, fg, bg, Ctrl-Z), pipes and line editing come with the shell issue.
+Ctrl-Z, pipes, redirection, ``top`` and line editing come with the shell issue.
 """
 
 from __future__ import annotations
@@ -41,8 +42,12 @@ class Shell:
     def __init__(self, llm: libllm.Client, out: TextIO) -> None:
         self.llm = llm
         self.out = out
+        self.jobs: dict[int, int] = {}  # job number -> pid, for background runs
+        self.next_job = 0
+        self.text_jobs: dict[int, bool] = {}  # pid -> whether its prompt was text (decode output)
         self.commands: dict[str, Callable[[list[str]], Awaitable[None]]] = {
-            "run": self.do_run, "ps": self.do_ps, "kill": self.do_kill, "wait": self.do_wait,
+            "run": self.do_run, "jobs": self.do_jobs, "fg": self.do_fg, "bg": self.do_bg,
+            "ps": self.do_ps, "kill": self.do_kill, "wait": self.do_wait,
             "nice": self.do_nice, "fork": self.do_fork, "free": self.do_free, "uname": self.do_uname,
             "help": self.do_help,
         }
@@ -81,21 +86,63 @@ class Shell:
     # -- commands ----------------------------------------------------------------------------
 
     async def do_run(self, args: list[str]) -> None:
-        """run [--max-tokens N] [--temperature T] [--seed S] [--nice N] [--ids 1,2,3 | PROMPT]"""
-        options = parse_run_args(args)
+        """run [--max-tokens N] [--temperature T] [--seed S] [--nice N] [--ids 1,2,3 | PROMPT] [&]"""
+        background = bool(args) and args[-1] == "&"
+        options = parse_run_args(args[:-1] if background else args)
         pid = await self.llm.spawn(**options)
-        has_text = "prompt" in options
-        offset = 0
+        self.text_jobs[pid] = "prompt" in options
+        if background:
+            self.next_job += 1
+            self.jobs[self.next_job] = pid
+            self.say(f"[{self.next_job}] {pid}")
+            return
+        await self._foreground(pid)
+
+    async def _foreground(self, pid: int) -> None:
+        """Stream a process's output to the terminal, then reap it (Ctrl-C kills it)."""
         try:
             async for tokens in self.llm.stream(pid):
-                offset += len(tokens)
-                self.say(await self.llm.detokenize(tokens) if has_text else " ".join(map(str, tokens)) + " ", end="")
+                text = await self.llm.detokenize(tokens) if self.text_jobs.get(pid) else " ".join(map(str, tokens)) + " "
+                self.say(text, end="")
         except KeyboardInterrupt:
             await self.llm.kill(pid, "SIGKILL")
         result = await self.llm.wait(pid)
+        self._forget_job(pid)
         self.say()
         if result.exit.get("errno"):
             raise libllm.ERRORS[result.exit["errno"]](result.exit["errno"], result.exit["message"])
+
+    async def do_jobs(self, args: list[str]) -> None:
+        """jobs: this shell's background jobs and their states"""
+        self._no_args("jobs", args)
+        for job, pid in sorted(self.jobs.items()):
+            stat = await self.llm.stat(pid)
+            state = "Done" if stat["state"] == "ZOMBIE" else stat["state"].capitalize()
+            self.say(f"[{job}] {pid:>6}  {state:<8} {stat['generated_tokens']}/{stat['max_tokens']} tokens")
+
+    async def do_fg(self, args: list[str]) -> None:
+        """fg [%JOB|PID]: continue a job in the foreground and stream its output"""
+        pid = self._job_pid(args)
+        await self.llm.kill(pid, "SIGCONT")
+        await self._foreground(pid)
+
+    async def do_bg(self, args: list[str]) -> None:
+        """bg [%JOB|PID]: let a stopped job run on in the background"""
+        await self.llm.kill(self._job_pid(args), "SIGCONT")
+
+    def _job_pid(self, args: list[str]) -> int:
+        """The pid a job spec names: %N, a pid, or (none given) the newest job."""
+        if not args:
+            if not self.jobs:
+                raise UsageError("no current job")
+            return self.jobs[max(self.jobs)]
+        return self._pid(args)
+
+    def _forget_job(self, pid: int) -> None:
+        self.text_jobs.pop(pid, None)
+        for job, job_pid in list(self.jobs.items()):
+            if job_pid == pid:
+                del self.jobs[job]
 
     async def do_ps(self, args: list[str]) -> None:
         """ps: one row per process"""
@@ -113,6 +160,7 @@ class Shell:
     async def do_wait(self, args: list[str]) -> None:
         """wait [PID]: wait for a process this shell started, print how it ended"""
         result = await self.llm.wait(self._pid(args) if args else None)
+        self._forget_job(result.pid)
         self.say(f"[{result.pid}] {result.finish_reason}: {result.exit['message']} ({len(result.output_ids)} tokens)")
 
     async def do_nice(self, args: list[str]) -> None:
@@ -148,10 +196,15 @@ class Shell:
             self.say(f"  {(handler.__doc__ or name).splitlines()[0]}")
         self.say("  exit [STATUS]")
 
-    @staticmethod
-    def _pid(args: list[str]) -> int:
+    def _pid(self, args: list[str]) -> int:
+        """One process id, or %N for job N of this shell."""
+        if len(args) == 1 and args[0].startswith("%") and args[0][1:].isdigit():
+            job = int(args[0][1:])
+            if job not in self.jobs:
+                raise UsageError(f"{args[0]}: no such job")
+            return self.jobs[job]
         if len(args) != 1 or not args[0].isdigit():
-            raise UsageError("expected one process id")
+            raise UsageError("expected one process id or %job")
         return int(args[0])
 
     @staticmethod

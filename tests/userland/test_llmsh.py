@@ -53,3 +53,16 @@ def test_run_prompt_streams_text_from_a_model_with_a_tokenizer(tmp_path, capsys)
     assert main(["--model", str(model), "-c", "run --max-tokens 6 --temperature 0 'def main():'; free"]) == 0
     out = capsys.readouterr().out
     assert out.strip() and "cpu0" in out
+
+
+def test_background_jobs_jobs_fg_bg_and_job_specs(capsys):
+    line = ("run --ids 1,2 --max-tokens 40 &; run --ids 3 --max-tokens 30 &; kill -STOP %1; jobs; "
+            "bg %1; fg %2; wait %1; jobs; kill %9")
+    assert main(["--device", "sim", "-c", line]) == 2  # the last command: no such job
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0].split()[0] == "[1]" and lines[1].split()[0] == "[2]"
+    assert any(row.startswith("[1]") and "Stopped" in row for row in lines)
+    assert len(next(row for row in lines if row.count(" ") >= 29).split()) == 30  # fg streamed job 2
+    assert any("length" in row for row in lines)  # wait %1 reaped job 1
+    assert "%9: no such job" in err
