@@ -34,7 +34,7 @@ class ProcessTable:
 
     def __init__(self, clock: Callable[[], float], max_processes: int = params.MAX_PROCESSES) -> None:
         self._clock = clock
-        self._max_processes = max_processes
+        self.max_processes = max_processes
         self._next_pid = params.PID_INIT + 1
         self.procs: dict[int, Process] = {}
         self.sessions: dict[int, Session] = {params.PID_INIT: Session(params.PID_INIT, 0, "system")}
@@ -75,8 +75,8 @@ class ProcessTable:
 
     def add(self, proc: Process) -> None:
         """Enter a new process (state NEW)."""
-        if self.num_live() >= self._max_processes:
-            raise KernelError("EAGAIN", f"the process table is full ({self._max_processes} processes)")
+        if self.num_live() >= self.max_processes:
+            raise KernelError("EAGAIN", f"the process table is full ({self.max_processes} processes)")
         proc.state_since = self._clock()
         self.procs[proc.pid] = proc
 

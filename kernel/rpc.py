@@ -162,6 +162,13 @@ class RpcClient:
                     waiter.event = trio.Event()
         finally:
             del self._waiters[request_id]
+            if not self._reading:
+                # We may have been nudged to read and then cancelled before we could: pass
+                # the turn on, or a follower would wait for a reply nobody reads.
+                for other in self._waiters.values():
+                    if other.outcome is _UNSET:
+                        other.event.set()
+                        break
         if isinstance(waiter.outcome, KernelError):
             raise waiter.outcome
         return waiter.outcome

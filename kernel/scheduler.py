@@ -197,7 +197,14 @@ class DeviceScheduler:
             if client is None:
                 raise KernelError("EIO", f"driver {self.endpoint} is restarting")
             for op, args, pid in plan.ops:
-                self._record_op(op, pid, await client.call(op, args))
+                try:
+                    reply = await client.call(op, args)
+                except KernelError as error:
+                    if op != "swap_free" or client.closed:
+                        raise
+                    log.warning("device %s: %s", self.device, error)  # a leaked handle, not a failed step
+                    continue
+                self._record_op(op, pid, reply)
             if plan.batch is None:
                 return
             reply = await client.call("step", plan.batch.to_wire())
@@ -313,6 +320,8 @@ class DeviceScheduler:
                 # kill -STOP returned. Sampling is stateless, so after SIGCONT the same token
                 # is drawn again from the last position, whose KV we rewrite identically.
                 proc.num_computed -= 1
+                if proc.pending_term:
+                    self.finish(proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"))
                 continue
             if chunk.sample and token is not None:
                 proc.output_ids.append(int(token))
@@ -330,6 +339,7 @@ class DeviceScheduler:
         """Every KV block and swapped copy of this device is gone: recompute everyone."""
         self.kv.reset()
         self._swap_handles.clear()
+        self._ops.clear()  # work queued for the dead instance (freeing its swap handles) is moot
         for proc in self._table:
             if proc.device == self.device and proc.alive:
                 proc.acct.num_recomputed_tokens += proc.num_computed
@@ -369,24 +379,33 @@ class DeviceScheduler:
                 f"needs {self.kv.blocks_for(proc.num_tokens)} KV blocks but device {self.device} has "
                 f"{self.kv.num_blocks} in all")))
             return 0
+        # The reserve keeps room for running processes to grow into; with none running it
+        # would only stop a process that needs nearly the whole pool from ever starting.
+        reserve = self._reserve() if self._running else 0
         if self.kv.swap_slots(proc.pid):
-            pairs = self.kv.swap_in(proc.pid, reserve=self._reserve())
-            if pairs is None:
-                return None
-            handle = self._swap_handles.pop(proc.pid)
-            self._ops.append(("swap_in", {"blocks": [d for _, d in pairs], "handle": handle}, proc.pid))
+            handle = self._swap_handles.get(proc.pid)
+            if handle is None or len(self.kv.swap_slots(proc.pid)) + reserve > self.kv.num_blocks:
+                # Its swap copy is lost (the swap-out never ran), or it could never come back
+                # while the reserve is kept: recompute it instead.
+                self._drop_swap(proc)
+            else:
+                pairs = self.kv.swap_in(proc.pid, reserve=reserve)
+                if pairs is None:
+                    return None
+                del self._swap_handles[proc.pid]
+                self._ops.append(("swap_in", {"blocks": [d for _, d in pairs], "handle": handle}, proc.pid))
         salt = self._salt_of(proc.tenant)
         first = not self.kv.table(proc.pid)
         start = max(proc.num_computed, self.kv.cached_prefix(proc.all_ids, salt) if first else 0)
         num_tokens = start + min(proc.num_tokens - start, budget)
-        allocation = self.kv.allocate(proc.pid, proc.all_ids, num_tokens, salt, reserve=self._reserve())
+        allocation = self.kv.allocate(proc.pid, proc.all_ids, num_tokens, salt, reserve=reserve)
         while allocation is None:
             if not self._reclaim_stopped(self.kv.blocks_for(num_tokens)):
                 victims = self._victims_below(proc)
                 if not victims:
                     return None
                 self._preempt(victims[-1])  # a more important arrival takes memory from the least
-            allocation = self.kv.allocate(proc.pid, proc.all_ids, num_tokens, salt, reserve=self._reserve())
+            allocation = self.kv.allocate(proc.pid, proc.all_ids, num_tokens, salt, reserve=reserve)
         if allocation.blocks_to_zero:
             self._ops.append(("zero_blocks", {"blocks": allocation.blocks_to_zero}, None))
         if first and allocation.num_cached_tokens > proc.num_computed:
@@ -473,6 +492,16 @@ class DeviceScheduler:
             proc.acct.num_recomputed_tokens += proc.num_computed
             proc.num_computed = 0
             self._table.set_state(proc, ProcState.READY)
+
+    def _drop_swap(self, proc: Process) -> None:
+        """Give up a swapped process's host copy; it recomputes from its tokens."""
+        handle = self._swap_handles.pop(proc.pid, None)
+        if handle is not None:
+            self._ops.append(("swap_free", {"handle": handle}, None))
+        self.kv.free(proc.pid)
+        proc.acct.num_recomputed_tokens += proc.num_computed
+        proc.num_computed = 0
+        self._table.set_state(proc, ProcState.READY)
 
     def _release(self, proc: Process) -> None:
         handle = self._swap_handles.pop(proc.pid, None)

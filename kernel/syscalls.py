@@ -150,8 +150,8 @@ async def sys_fork(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str,
     _owned(caller, parent, "fork")
     if not parent.alive:
         raise KernelError("ESRCH", f"fork: process {parent.pid} has already exited")
-    if k.table.num_live() + n > params.MAX_PROCESSES:
-        raise KernelError("EAGAIN", f"fork: {n} more processes would exceed the limit of {params.MAX_PROCESSES}")
+    if k.table.num_live() + n > k.table.max_processes:
+        raise KernelError("EAGAIN", f"fork: {n} more processes would exceed the limit of {k.table.max_processes}")
     device = k.devices[parent.device]
     children = []
     for index in range(n):

@@ -1,0 +1,111 @@
+"""Regressions found by review: each test is the reproduction of a bug that was fixed."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+import trio
+from sim_fixtures import sim_config
+
+from llmos.kernel import codec
+from llmos.kernel.kernel import open_kernel
+from llmos.kernel.process import ProcState, Signal
+from llmos.kernel.rpc import RpcClient
+from llmos.kernel.streams import memory_stream_pair
+from llmos.userland import libllm
+
+
+async def test_a_process_swapped_out_with_nearly_the_whole_pool_comes_back(autojump_clock):
+    config = sim_config(kv_blocks=100, block_size=16, max_batch_tokens=1024, max_seqs=8, preemption="swap")
+    async with open_kernel(config) as kernel, libllm.open_client(kernel) as llm:
+        small = await llm.spawn(prompt_ids=[1], max_tokens=15, ignore_eos=True)
+        big = await llm.spawn(prompt_ids=[2] * (99 * 16), max_tokens=4, ignore_eos=True)
+        assert (await llm.wait(small)).finish_reason == "length"
+        with trio.fail_after(600):
+            assert (await llm.wait(big)).finish_reason == "length"
+            assert (await llm.wait(await llm.spawn(prompt_ids=[3], max_tokens=2))).finish_reason == "length"
+
+
+async def test_a_swap_handle_freed_for_a_dead_driver_fails_no_process(autojump_clock):
+    config = sim_config(kv_blocks=40, block_size=4, max_batch_tokens=128, max_seqs=32, preemption="swap")
+    async with open_kernel(config) as kernel, libllm.open_client(kernel) as llm:
+        scheduler = kernel.devices["sim0"].scheduler
+        pids = [await llm.spawn(prompt_ids=[i % 50 + 1] * (5 + i % 23), max_tokens=40, seed=i) for i in range(24)]
+        swapped: list = []
+        with trio.fail_after(60):
+            while not swapped:
+                await trio.sleep(0.001)
+                swapped = [p for p in kernel.table if p.state is ProcState.SWAPPED and p.pid in scheduler._swap_handles]
+        scheduler.signal(swapped[0], Signal.SIGKILL)  # queues swap_free for the current driver
+        kernel.supervisor.kill("driver.sim0")  # which dies before the op is sent
+        with trio.fail_after(600):
+            errnos = collections.Counter([(await llm.wait(pid)).exit["errno"] for pid in pids if pid != swapped[0].pid])
+        assert errnos == {None: 23}
+
+
+async def test_sigterm_during_a_step_of_a_stopped_process_ends_it(autojump_clock):
+    async with open_kernel(sim_config()) as kernel, libllm.open_client(kernel) as llm:
+        scheduler = kernel.devices["sim0"].scheduler
+        pid = await llm.spawn(prompt_ids=[1, 2, 3], max_tokens=1000)
+        await llm.read(pid)
+        while pid not in scheduler._in_flight:
+            await trio.sleep(0.0001)
+        await llm.kill(pid, "SIGSTOP")
+        await llm.kill(pid, "SIGTERM")  # both while the step is on the device
+        with trio.fail_after(60):  # the bug left it stopped forever
+            assert (await llm.wait(pid)).exit["signal"] == "SIGTERM"
+
+
+async def test_fork_over_the_process_limit_leaves_no_half_made_children(autojump_clock):
+    config = sim_config()
+    config.max_processes = 3
+    async with open_kernel(config) as kernel, libllm.open_client(kernel) as llm:
+        parent = await llm.spawn(prompt_ids=[1, 2, 3], max_tokens=50)
+        await llm.read(parent)
+        with pytest.raises(libllm.EAGAIN):
+            await llm.fork(parent, 4)
+        assert [r["pid"] for r in await llm.ps()] == [parent]
+
+
+async def _follower_trial() -> None:
+    kernel_end, server_end = memory_stream_pair()
+    client = RpcClient(kernel_end)
+    request_ids: dict[str, int] = {}
+    results: dict[str, object] = {}
+
+    async def server() -> None:
+        while True:
+            message = await server_end.receive()
+            request_ids[message["op"]] = message["id"]
+
+    async def caller(op: str, scopes: list | None = None) -> None:
+        with trio.CancelScope() as scope:
+            if scopes is not None:
+                scopes.append(scope)
+            results[op] = await client.call(op)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server)
+        nursery.start_soon(caller, "a")
+        await trio.sleep(0.01)
+        b_scopes: list = []
+        nursery.start_soon(caller, "b", b_scopes)
+        await trio.sleep(0.01)
+        nursery.start_soon(caller, "c")
+        await trio.sleep(0.01)
+        b_scopes[0].cancel()
+        await server_end.send(codec.make_reply(request_ids["a"], "A"))
+        await trio.sleep(0.01)
+        await server_end.send(codec.make_reply(request_ids["c"], "C"))
+        with trio.fail_after(1):
+            while "c" not in results:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_cancelled_follower_passes_the_reader_turn_on(autojump_clock):
+    # A reads; B and C wait. B is cancelled in the same tick that A's reply arrives and A nudges
+    # B to read: C must still get its reply. trio's task order is random, so try many times.
+    for _ in range(40):
+        await _follower_trial()
