@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -25,7 +23,7 @@ from . import libllm
 from .command import EXIT_FAILURE
 from .replay import replay_trace
 from .system import SystemOptions, build_config
-from .trace import DEFAULT_TRACE, TraceError, load_arrivals
+from .trace import load_requests
 
 TARGET_UTILIZATION = 0.96
 SAMPLE_EVERY_S = 0.25  # virtual seconds between meminfo samples
@@ -68,12 +66,9 @@ async def replay(options: SystemOptions, requests: list[tuple[float, int, int]],
 
 def run_bench_memory(args: argparse.Namespace) -> int:
     """Entry point of ``llmos bench memory``."""
-    try:
-        rows = load_arrivals(Path(args.trace).expanduser() if args.trace else DEFAULT_TRACE)
-    except TraceError as exc:
-        print(f"llmos bench memory: {exc.message} ({exc.errno})", file=sys.stderr)
+    requests = load_requests("bench memory", args)
+    if requests is None:
         return EXIT_FAILURE
-    requests = rows[: args.requests]
     options = SystemOptions(device="sim", kv_blocks=args.kv_blocks, block_size=args.block_size,
                             preemption=args.preemption, swap_blocks=args.swap_blocks)
     wall = time.perf_counter()

@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -25,7 +23,7 @@ from llmos.kernel.kernel import open_kernel
 from .command import EXIT_FAILURE
 from .replay import replay_trace
 from .system import SystemOptions, build_config
-from .trace import DEFAULT_TRACE, TraceError, load_arrivals
+from .trace import load_requests
 
 POLICIES = ("fcfs", "mlfq", "srpt")
 
@@ -51,12 +49,10 @@ async def replay(options: SystemOptions, requests: list[tuple[float, int, int]],
 
 def run_bench_policies(args: argparse.Namespace) -> int:
     """Entry point of ``llmos bench policies``."""
-    try:
-        rows = load_arrivals(Path(args.trace).expanduser() if args.trace else DEFAULT_TRACE)
-    except TraceError as exc:
-        print(f"llmos bench policies: {exc.message} ({exc.errno})", file=sys.stderr)
+    rows = load_requests("bench policies", args)
+    if rows is None:
         return EXIT_FAILURE
-    requests = [(t / args.rate_scale, p, d) for t, p, d in rows[: args.requests]]
+    requests = [(t / args.rate_scale, p, d) for t, p, d in rows]
     results: dict[str, Any] = {"requests": len(requests), "rate_scale": args.rate_scale, "max_seqs": args.max_seqs}
     wall = time.perf_counter()
     for policy in POLICIES:

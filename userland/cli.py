@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from .system import add_system_arguments
+from .trace import add_trace_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,26 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH")
     bench_sub.required = True
     pol = bench_sub.add_parser("policies", help="fcfs, mlfq and srpt on the trace in virtual time: E2E and TTFT")
-    pol.add_argument("--json", action="store_true", help="print JSON")
-    pol.add_argument("--trace", default=None, help="arrivals trace CSV (default: shared/traces/azure_conv_2023.csv beside the repository)")
-    pol.add_argument("--requests", type=int, default=600, help="replay the first N requests (default %(default)s)")
+    add_trace_arguments(pol, requests=600)
     pol.add_argument("--rate-scale", type=float, default=1.0, help="divide arrival times by this (default %(default)s)")
     pol.add_argument("--max-seqs", type=int, default=16, help="sequences per step (default %(default)s)")
     pol.add_argument("--max-batch-tokens", type=int, default=2048, help="token budget per step (default %(default)s)")
     pol.add_argument("--kv-blocks", type=int, default=8192, help="KV blocks (default %(default)s)")
-    pol.add_argument("--seed", type=int, default=0)
     planner = bench_sub.add_parser("planner", help="the kernel's time per step at 32/128/512 processes, beside the CPU engine's step")
     planner.add_argument("--json", action="store_true", help="print JSON")
     planner.add_argument("--steps", type=int, default=200, help="steps timed per size (default %(default)s)")
     memory = bench_sub.add_parser("memory", help="KV memory use on the trace workload (sim driver, virtual time)")
-    memory.add_argument("--json", action="store_true", help="print JSON")
-    memory.add_argument("--trace", default=None, help="arrivals trace CSV (default: shared/traces/azure_conv_2023.csv beside the repository)")
-    memory.add_argument("--requests", type=int, default=1000, help="replay the first N requests (default %(default)s)")
+    add_trace_arguments(memory, requests=1000)
     memory.add_argument("--kv-blocks", type=int, default=2048, help="KV blocks (default %(default)s)")
     memory.add_argument("--block-size", type=int, default=16, help="tokens per block (default %(default)s)")
     memory.add_argument("--swap-blocks", type=int, default=4096, help="swap space in blocks (default %(default)s)")
     memory.add_argument("--preemption", default="auto", choices=["auto", "swap", "recompute"])
-    memory.add_argument("--seed", type=int, default=0)
     ipc = bench_sub.add_parser("ipc", help="round trip of a no-op syscall, in-process and over a socket")
     ipc.add_argument("--n", type=int, default=5000, help="round trips per transport")
     ipc.add_argument("--json", action="store_true", help="print JSON")
