@@ -41,9 +41,6 @@ class NameServer:
             self._endpoints[name] = Endpoint(name)
         return self._endpoints[name]
 
-    def names(self) -> list[str]:
-        return sorted(self._endpoints)
-
     def bind(self, name: str, client: RpcClient) -> Endpoint:
         """Bind a freshly started server; it is not ready until ``mark_ready``."""
         endpoint = self.endpoint(name)
