@@ -1,45 +1,71 @@
 """The sim driver: no numerics, just time. Tokens come from a seeded hash; time from a cost model.
 
-A process run on it produces ``max_tokens`` tokens (unless a stop id is hit by chance), and the
-step takes the modeled time, slept on trio's clock, so under ``MockClock`` a long workload runs in
-virtual time. The first cost model is linear: a fixed per-step cost plus a per-token cost; the
-simulator gives it a roofline later (DESIGN.md, Time and simulation).
+A process run on it produces ``max_tokens`` tokens (unless a stop id is hit by chance), and each
+step reports the time its cost model gives for the batch's shape (``llmos.sim.costmodel``: a
+linear model by default, a roofline over a model and device spec, or a profile calibrated on a
+real driver). The driver returns at once and says ``modeled_time`` in its load_model reply: the
+kernel lets the modeled time pass on its own clock, so under ``MockClock`` a long workload runs
+in virtual time, and in real time the device paces like the modeled one.
+
+It takes batch shapes instead of token ids (``shape_batches``) and runs many decode steps per
+call (``max_steps``, see ``kernel/horizon.py``), which is what makes a 20,000-request trace
+simulate in seconds.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import time
 from typing import Any
 
-import trio
+import numpy as np
 
 from llmos.kernel.args import Args
-from llmos.kernel.batch import SamplingParams, StepBatch, StepResult
+from llmos.kernel.batch import SHAPE_COLUMNS, SamplingParams, StepResult
 from llmos.kernel.errors import KernelError
+from llmos.sim.costmodel import CostModel, LinearCost, make_cost_model
+from llmos.sim.errors import SimError
 
 from .base import DriverServer
 
+MAX_STEPS = 4096  # decode steps one step call may cover
+_MASK = (1 << 64) - 1
+_SEED_MUL = 0xD1342543DE82EF95  # odd 64-bit multiplier spreading seeds apart (Steele & Vigna)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finalizer over uint64 arrays (wrapping arithmetic)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def sim_tokens(seeds: np.ndarray, indices: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Tokens sampled at ``indices`` by processes with ``seeds`` (broadcast): a pure function."""
+    with np.errstate(over="ignore"):
+        x = seeds.astype(np.uint64) * np.uint64(_SEED_MUL) + indices.astype(np.uint64)
+        return (_splitmix64(x) % np.uint64(vocab_size)).astype(np.int64)
+
 
 def sim_token(sampling: SamplingParams, vocab_size: int) -> int:
-    """The token a simulated process samples at ``sampling.sample_index``: a pure function."""
-    digest = hashlib.blake2b(f"{sampling.seed}:{sampling.sample_index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % vocab_size
+    """The token a simulated process samples at ``sampling.sample_index``."""
+    seeds = np.array([sampling.seed & _MASK], dtype=np.uint64)
+    return int(sim_tokens(seeds, np.array([sampling.sample_index], dtype=np.uint64), vocab_size)[0])
 
 
 class SimDriver(DriverServer):
-    """A device with a linear cost model and no weights."""
+    """A device with a cost model and no weights."""
 
     name = "sim"
     kind = "sim"
     emulated = True
+    blocking_ops = frozenset()  # a modeled step returns at once: no task per request needed
 
     def __init__(self) -> None:
         super().__init__()
         self.vocab_size = 32000
-        self.step_s = 0.005  # fixed cost of one step (kernel launch, weight read at batch 1)
-        self.token_s = 0.0001  # added cost per token computed
+        self.cost: CostModel = LinearCost(0.005, 0.0001)  # until load_model names one
         self.kv_bytes_per_token = 4096  # what swap would move per token on a real device
         self._swapped: dict[int, int] = {}  # handle -> number of blocks
         self._handles = itertools.count(1)
@@ -47,16 +73,28 @@ class SimDriver(DriverServer):
     async def do_info(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Kind, whether it is real, and its cost model."""
         Args("info", raw, ())
-        return {"kind": self.kind, "emulated": True, "step_s": self.step_s, "token_s": self.token_s}
+        return {"kind": self.kind, "emulated": True, "cost": self.cost.describe()}
 
     async def do_load_model(self, raw: dict[str, Any]) -> dict[str, Any]:
-        """'Load' a model: only its vocabulary size and the cost model's constants."""
-        a = Args("load_model", raw, ("vocab_size", "step_s", "token_s"))
+        """'Load' a model: its vocabulary size, KV bytes per token and the cost model.
+
+        Args (all optional): ``cost`` a cost-model spec (``llmos.sim.costmodel``); or the linear
+        model's ``step_s`` and ``token_s``; ``vocab_size``; ``kv_bytes_per_token``.
+        """
+        a = Args("load_model", raw, ("vocab_size", "step_s", "token_s", "cost", "kv_bytes_per_token"))
         self.vocab_size = a.integer("vocab_size", self.vocab_size, 2, 1 << 22)
-        self.step_s = a.number("step_s", self.step_s, 0.0, 60.0)
-        self.token_s = a.number("token_s", self.token_s, 0.0, 1.0)
+        self.kv_bytes_per_token = a.integer("kv_bytes_per_token", self.kv_bytes_per_token, 1, 1 << 30)
+        spec = raw.get("cost")
+        if spec is not None:
+            try:
+                self.cost = make_cost_model(spec)
+            except SimError as exc:
+                raise KernelError(exc.errno, f"load_model: {exc.message}") from None
+        elif "step_s" in raw or "token_s" in raw:
+            self.cost = LinearCost(a.number("step_s", 0.005, 0.0, 60.0), a.number("token_s", 0.0001, 0.0, 1.0))
         return {"kind": self.kind, "emulated": True, "vocab_size": self.vocab_size, "eos_ids": [], "tokenizer": False,
-                "kv_bytes_per_token": self.kv_bytes_per_token}
+                "kv_bytes_per_token": self.kv_bytes_per_token, "modeled_time": True, "max_steps": MAX_STEPS,
+                "shape_batches": True, "cost": self.cost.describe()}
 
     async def do_unload_model(self, raw: dict[str, Any]) -> None:
         """Nothing to free."""
@@ -65,13 +103,62 @@ class SimDriver(DriverServer):
     async def _init_kv(self, num_blocks: int, block_size: int) -> None:
         pass  # no storage: the kernel's block tables are all the sim needs
 
-    async def _step(self, batch: StepBatch) -> StepResult:
+    async def do_step(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Model one step, or ``num_steps`` (the step, then that many-1 decodes of all its sequences).
+
+        Takes a full batch or a shape (``StepBatch.to_shape_wire``); returns at once.
+        """
         started = time.perf_counter()
-        tokens = [sim_token(s.sampling, self.vocab_size) if s.sample else None for s in batch.seqs]
-        elapsed = self.step_s + self.token_s * batch.num_tokens
+        if not self.num_blocks:
+            raise KernelError("EINVAL", "step: init_kv has not been called")
+        num_steps = raw.get("num_steps", 1)
+        if type(num_steps) is not int or not 1 <= num_steps <= MAX_STEPS:
+            raise KernelError("EINVAL", f"step: num_steps must be an integer in 1..{MAX_STEPS}")
+        cols = self._parse_shape(raw) if "shape" in raw else self._columns_of(raw)
+        q, start, sample = cols["num_tokens"], cols["start_pos"], cols["sample"].astype(bool)
+        n = len(q)
+        num_tokens = int(q.sum())
+        context_tokens = int((start + q).sum())
+        pairs = int((q * start + q * (q + 1) // 2).sum())
+        elapsed = self.cost.step_seconds(n, num_tokens, context_tokens, pairs)
+        seeds = cols["seed"].astype(np.uint64)
+        indices = cols["sample_index"].astype(np.uint64)
+        first = sim_tokens(seeds, indices, self.vocab_size).tolist()
+        tokens: list[int | None] = [t if s else None for t, s in zip(first, sample.tolist(), strict=True)]
+        more_elapsed: list[float] = []
+        more = b""
+        if num_steps > 1:
+            if not sample.all():
+                raise KernelError("EINVAL", "step: num_steps > 1 needs every sequence to sample (decode) in the first step")
+            more_elapsed = self.cost.decode_steps_seconds(n, context_tokens + n, num_steps - 1)
+            later = indices[:, None] + np.arange(1, num_steps, dtype=np.uint64)[None, :]  # (seqs, steps-1)
+            block = sim_tokens(seeds[:, None], later, self.vocab_size).astype("<i4")
+            more = block.tobytes()
         wall = time.perf_counter() - started  # the host's own work, apart from the modeled time
-        await trio.sleep(elapsed)
-        return StepResult(tokens, elapsed, wall)
+        return StepResult(tokens, elapsed, wall, more_elapsed, more).to_wire()
+
+    def _parse_shape(self, raw: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Check a batch shape (``StepBatch.to_shape_wire``): equal-length int64 columns."""
+        if raw.get("block_size") != self.block_size:
+            raise KernelError("EINVAL", f"step: block_size {raw.get('block_size')!r} differs from init_kv's {self.block_size}")
+        shape = raw["shape"]
+        if not isinstance(shape, dict) or set(shape) != set(SHAPE_COLUMNS) or not all(
+                isinstance(v, bytes) and len(v) % 8 == 0 for v in shape.values()):
+            raise KernelError("EINVAL", f"step: shape must map {', '.join(SHAPE_COLUMNS)} to int64 columns")
+        cols = {name: np.frombuffer(shape[name], dtype="<i8") for name in SHAPE_COLUMNS}
+        if len({len(c) for c in cols.values()}) != 1:
+            raise KernelError("EINVAL", "step: the shape's columns differ in length")
+        if len(cols["seq_id"]) and (cols["num_tokens"].min() < 1 or cols["start_pos"].min() < 0
+                                    or cols["seed"].min() < 0 or cols["sample_index"].min() < 0):
+            raise KernelError("EINVAL", "step: a sequence has no tokens, or a negative position, seed or index")
+        return cols
+
+    def _columns_of(self, raw: dict[str, Any]) -> dict[str, np.ndarray]:
+        """A full batch's shape, as the columns ``_parse_shape`` gives."""
+        batch = self.parse_batch(raw)
+        rows = [(s.seq_id, len(s.token_ids), s.start_pos, int(s.sample), s.sampling.seed, s.sampling.sample_index)
+                for s in batch.seqs]
+        return {name: np.array([r[i] for r in rows], dtype=np.int64) for i, name in enumerate(SHAPE_COLUMNS)}
 
     async def do_swap_out(self, raw: dict[str, Any]) -> dict[str, Any]:
         """'Copy' blocks to host memory: a handle and the bytes a real device would move."""

@@ -18,11 +18,15 @@ A decode step for the same sequence later is ``token_ids=[last_sampled]`` with
 
 from __future__ import annotations
 
+import sys
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass(frozen=True)
+# SamplingParams and SeqChunk are built for every sequence of every step, so they are slotted
+# and not frozen (a frozen dataclass's __init__ costs several times more); treat them as values.
+@dataclass(slots=True)
 class SamplingParams:
     """How to choose the next token of one sequence.
 
@@ -46,7 +50,7 @@ class SamplingParams:
         return cls(float(temperature), int(top_k), float(top_p), int(seed), int(sample_index))
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SeqChunk:
     """One sequence's share of a step."""
 
@@ -104,6 +108,36 @@ class StepBatch:
     def from_wire(cls, data: dict[str, Any]) -> StepBatch:
         return cls([SeqChunk.from_wire(s) for s in data["seqs"]], int(data["block_size"]))
 
+    def to_shape_wire(self) -> dict[str, Any]:
+        """The batch without token ids or block tables, for drivers that only model time.
+
+        A sim device has no KV storage and computes nothing, so what it needs of each
+        sequence is its shape. The shape travels as columns of little-endian int64, one
+        binary value each (``SHAPE_COLUMNS``), so encoding costs the same for 1 sequence or 256
+        and no prompt or context length shows up in the message size.
+        """
+        seqs = self.seqs
+        columns = (
+            [s.seq_id for s in seqs],
+            [len(s.token_ids) for s in seqs],
+            [s.start_pos for s in seqs],
+            [int(s.sample) for s in seqs],
+            [s.sampling.seed for s in seqs],
+            [s.sampling.sample_index for s in seqs],
+        )
+        return {"block_size": self.block_size,
+                "shape": {name: _int64_bytes(col) for name, col in zip(SHAPE_COLUMNS, columns, strict=True)}}
+
+
+SHAPE_COLUMNS = ("seq_id", "num_tokens", "start_pos", "sample", "seed", "sample_index")
+
+
+def _int64_bytes(values: list[int]) -> bytes:
+    packed = array("q", values)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return packed.tobytes()
+
 
 @dataclass(frozen=True)
 class StepResult:
@@ -113,15 +147,36 @@ class StepResult:
     ``elapsed_s`` is the step's device time: measured on cpu/cuda, modeled on npu and sim.
     ``wall_s`` is the host's wall time, reported separately so a modeled figure is never mistaken
     for a measured one.
+
+    A multi-step call (``num_steps`` k > 1, see ``kernel/horizon.py``) returns the first step
+    as above and the k-1 decode steps after it in ``more_elapsed_s`` (each step's device time)
+    and ``more_tokens``: little-endian int32, sequence-major, so sequence i's tokens of steps
+    1..k-1 are ``more_tokens[4*i*(k-1) : 4*(i+1)*(k-1)]``. Bulk token data travels as one
+    binary value rather than a list, so its size costs the codec nothing per token.
     """
 
     tokens: list[int | None]
     elapsed_s: float
     wall_s: float = 0.0
+    more_elapsed_s: list[float] = field(default_factory=list)  # steps 1..k-1 of a multi-step call
+    more_tokens: bytes = b""  # their sampled tokens, int32 little-endian, sequence-major
+
+    @property
+    def num_steps(self) -> int:
+        """Steps this result covers."""
+        return 1 + len(self.more_elapsed_s)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"tokens": self.tokens, "elapsed_s": self.elapsed_s, "wall_s": self.wall_s}
+        wire: dict[str, Any] = {"tokens": self.tokens, "elapsed_s": self.elapsed_s, "wall_s": self.wall_s}
+        if self.more_elapsed_s:
+            wire.update(more_elapsed_s=self.more_elapsed_s, more_tokens=self.more_tokens)
+        return wire
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> StepResult:
-        return cls(list(data["tokens"]), float(data["elapsed_s"]), float(data.get("wall_s", 0.0)))
+        more_elapsed = [float(x) for x in data.get("more_elapsed_s", ())]
+        more_tokens = bytes(data.get("more_tokens", b""))
+        if len(more_tokens) != 4 * len(more_elapsed) * len(data["tokens"]):
+            raise ValueError(f"more_tokens has {len(more_tokens)} bytes for {len(more_elapsed)} more steps")
+        return cls(list(data["tokens"]), float(data["elapsed_s"]), float(data.get("wall_s", 0.0)),
+                   more_elapsed, more_tokens)

@@ -27,7 +27,7 @@ from .kv_hash import TenantSalts
 from .kv_manager import KVCacheManager
 from .names import NameServer
 from .policy import make_policy
-from .process import ExitReason, ExitStatus, Signal
+from .process import ExitReason, ExitStatus, ProcState, Signal
 from .proctable import ProcessTable, Session
 from .rpc import serve_stream
 from .scheduler import DeviceScheduler, SchedulerConfig
@@ -74,6 +74,7 @@ class Device:
     model: str
     scheduler: DeviceScheduler
     info: dict[str, Any] = field(default_factory=dict)  # what load_model returned
+    booted: bool = False  # its driver started once; later failures are crashes to restart
 
     @property
     def vocab_size(self) -> int:
@@ -116,14 +117,47 @@ class Kernel:
                                         make_policy(self.config.policy), self.config.scheduler, self.salts.salt)
             device = Device(cfg.name, endpoint, cfg.model, scheduler)
             self.devices[cfg.name] = device
-            await self.supervisor.start(endpoint, cfg.driver, self._device_starter(device, cfg))
+            await self._start_device(device, cfg)
             self._nursery.start_soon(scheduler.run)
+
+    async def _start_device(self, device: Device, cfg: DeviceConfig) -> None:
+        """Start a device's driver under the supervisor; fail the boot if the driver refuses.
+
+        A driver that crashes while starting is restarted like any crash, but one that answers
+        load_model or init_kv with an error (ENOMEM: the model or the KV pool does not fit)
+        would answer the same after every restart: the boot fails with that error instead of
+        retrying forever.
+        """
+        refused: list[KernelError] = []
+        gave_up = trio.Event()
+        starter = self._device_starter(device, cfg)
+
+        async def start_once(endpoint: str) -> None:
+            try:
+                await starter(endpoint)
+            except KernelError as error:
+                if not device.booted and error.errno != "EIO":  # EIO: the driver died; retry
+                    refused.append(error)
+                    gave_up.set()
+                raise
+
+        async def start() -> None:
+            await self.supervisor.start(device.endpoint, cfg.driver, start_once)
+            gave_up.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(start)
+            await gave_up.wait()
+            nursery.cancel_scope.cancel()
+        if refused:
+            raise KernelError(refused[0].errno, f"device {device.name}: {refused[0].message}")
+        device.booted = True
 
     def _device_starter(self, device: Device, cfg: DeviceConfig) -> Any:
         async def start_device(endpoint: str) -> None:
             # Runs on every (re)start of the driver: a new instance has no model and no KV cache.
             device.info = await self.names.call(endpoint, "load_model", cfg.load_args, bound_only=True)
-            device.scheduler.kv_bytes_per_token = int(device.info.get("kv_bytes_per_token") or params.DEFAULT_KV_BYTES_PER_TOKEN)
+            device.scheduler.adopt_driver_info(device.info)
             await self.names.call(endpoint, "init_kv", {"num_blocks": cfg.num_kv_blocks, "block_size": cfg.block_size}, bound_only=True)
         return start_device
 
@@ -247,12 +281,73 @@ class Kernel:
         return trio.move_on_after(float("inf") if timeout is None else timeout)
 
     def device_for_model(self, model: str) -> Device:
-        """The device serving ``model``; ENOENT lists the models there are."""
-        for device in self.devices.values():
-            if device.model == model:
-                return device
-        known = ", ".join(sorted({d.model for d in self.devices.values()}))
-        raise KernelError("ENOENT", f"no model named {model!r} is loaded; loaded: {known}")
+        """The first device serving ``model`` (for its tokenizer); ENOENT lists the models."""
+        return self._serving(model)[0]
+
+    def _serving(self, model: str) -> list[Device]:
+        serving = [d for d in self.devices.values() if d.model == model]
+        if not serving:
+            known = ", ".join(sorted({d.model for d in self.devices.values()}))
+            raise KernelError("ENOENT", f"no model named {model!r} is loaded; loaded: {known}")
+        return serving
+
+    def route(self, model: str | None, device: str | None = None) -> Device:
+        """The device a new process of ``model`` runs on.
+
+        Devices serving the same model are data-parallel replicas: a new process goes to the
+        least loaded (fewest running plus waiting processes; ties go to the first name). A
+        caller may name the device instead; then ``model`` defaults to that device's model.
+
+        Raises:
+            KernelError: ENOENT for an unknown device or model, or a device that serves
+                another model than the one named.
+        """
+        if device is not None:
+            chosen = self.devices.get(device)
+            if chosen is None:
+                raise KernelError("ENOENT", f"no device named {device!r}; devices: {', '.join(self.devices)}")
+            if model is not None and model != chosen.model:
+                raise KernelError("ENOENT", f"device {device} serves model {chosen.model!r}, not {model!r}")
+            return chosen
+        loads = self.device_loads()
+        return min(self._serving(model or self.default_model), key=lambda d: (sum(loads[d.name]), d.name))
+
+    def device_loads(self) -> dict[str, tuple[int, int]]:
+        """(running, waiting) processes per device; waiting means NEW, READY or SWAPPED."""
+        counts = {name: [0, 0] for name in self.devices}
+        for proc in self.table:
+            if proc.state is ProcState.RUNNING:
+                counts[proc.device][0] += 1
+            elif proc.state in (ProcState.NEW, ProcState.READY, ProcState.SWAPPED):
+                counts[proc.device][1] += 1
+        return {name: (running, waiting) for name, (running, waiting) in counts.items()}
+
+    def list_devices(self) -> list[dict[str, Any]]:
+        """What ``lsdev`` returns: one row per device, its memory, utilization and load."""
+        uptime = self.now() - self.booted_at
+        loads = self.device_loads()
+        rows = []
+        for d in self.devices.values():
+            kv, stats = d.scheduler.kv, d.scheduler.stats
+            rows.append({
+                "name": d.name,
+                "kind": d.info.get("kind", "?"),
+                "emulated": bool(d.info.get("emulated", False)),
+                "spec": d.info.get("spec"),  # the npu's preset; None elsewhere
+                "model": d.model,
+                "kv_blocks_total": kv.num_blocks,
+                "kv_blocks_used": kv.num_blocks - kv.num_free_blocks,
+                "block_size": kv.block_size,
+                "kv_bytes": kv.num_blocks * kv.block_size * d.scheduler.kv_bytes_per_token,
+                "weight_bytes": d.info.get("weight_bytes"),  # None: the driver holds no weights
+                "memory_bytes": d.info.get("memory_bytes"),  # the device's capacity, if it has one
+                "utilization": stats.busy_s / uptime if uptime > 0 else 0.0,
+                "busy_s": stats.busy_s,
+                "steps": stats.num_steps,
+                "running": loads[d.name][0],
+                "waiting": loads[d.name][1],
+            })
+        return rows
 
     async def tokenize(self, device: Device, text: str) -> list[int]:
         """Text to ids with the device's tokenizer; EINVAL if its model has none."""

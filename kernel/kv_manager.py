@@ -119,6 +119,23 @@ class KVCacheManager:
         seq = self._seqs.get(pid)
         return list(seq.blocks) if seq else []
 
+    def can_write_in_place(self, pid: int, position: int) -> bool:
+        """Whether ``pid``'s table already holds ``position`` in a block no other table shares.
+
+        The planner's fast path for a decode step: then neither ``allocate`` nor
+        ``prepare_write`` has anything to do.
+        """
+        seq = self._seqs.get(pid)
+        if seq is None:
+            return False
+        index = position // self.block_size
+        return index < len(seq.blocks) and self.pool.ref_count(seq.blocks[index]) == 1
+
+    def table_len(self, pid: int) -> int:
+        """Blocks in ``pid``'s table (0 if unknown or swapped out), without copying it."""
+        seq = self._seqs.get(pid)
+        return len(seq.blocks) if seq else 0
+
     def holders(self) -> list[int]:
         """Resident pids that hold at least one block."""
         return [pid for pid, seq in self._seqs.items() if seq.blocks]
@@ -376,6 +393,19 @@ class KVCacheManager:
         self._seqs.clear()
 
     # -- figures and checks ------------------------------------------------------------------
+
+    def table_fill(self) -> tuple[int, int]:
+        """(token slots of all resident block tables, tokens they hold), in O(processes).
+
+        A cheap utilization figure for frequent sampling; a block shared by several tables
+        counts once per table (``meminfo``'s fragmentation counts it once, at O(blocks) cost).
+        """
+        slots = tokens = 0
+        for seq in self._seqs.values():
+            capacity = len(seq.blocks) * self.block_size
+            slots += capacity
+            tokens += min(seq.num_tokens, capacity)
+        return slots, tokens
 
     def meminfo(self) -> dict[str, Any]:
         """Memory figures of this device, like /proc/meminfo.

@@ -74,6 +74,7 @@ class BasePolicy:
     """
 
     name = "base"
+    static_rank = False  # True if rank order depends only on fixed process fields (fcfs)
 
     def rank(self, procs: Sequence[Process], now: float) -> list[Process]:
         raise NotImplementedError
@@ -83,6 +84,11 @@ class BasePolicy:
 
     def on_exit(self, proc: Process, now: float) -> None:
         """Default: a stateless policy keeps nothing to forget."""
+
+
+def is_stateless(policy: Policy) -> bool:
+    """Whether ``policy.on_step`` is the no-op default, so steps need not be shown to it one by one."""
+    return getattr(type(policy), "on_step", None) is BasePolicy.on_step
 
 
 def split_served(proc: Process, num_tokens: int) -> tuple[int, int]:
@@ -111,6 +117,7 @@ class FCFS(BasePolicy):
     """First come, first served: by creation time, then pid. Never starves anyone; no aging."""
 
     name = "fcfs"
+    static_rank = True  # a process's rank never changes: the scheduler may plan several steps at once
 
     def rank(self, procs: Sequence[Process], now: float) -> list[Process]:
         return sorted(procs, key=lambda p: (p.created_at, p.pid))

@@ -81,6 +81,7 @@ class Accounting:
     time_running_s: float = 0.0  # device time of the steps this process took part in
     num_steps: int = 0  # steps this process took part in
     num_preemptions: int = 0
+    num_swaps: int = 0  # preemptions that swapped it out (the others dropped its KV to recompute)
     num_recomputed_tokens: int = 0  # tokens whose KV was computed again after a preemption
     swap_bytes: int = 0
     prefix_cache_hits: int = 0  # prompt tokens served from the prefix cache
@@ -89,7 +90,7 @@ class Accounting:
         return dict(self.__dict__)
 
 
-@dataclass
+@dataclass(eq=False)  # a process is an identity: compared by ``is``, never field by field
 class Process:
     """One LLM process. Fields are grouped by who changes them."""
 
@@ -117,6 +118,7 @@ class Process:
 
     # Changed by the scheduler only.
     output_ids: list[int] = field(default_factory=list)
+    token_times: list[float] = field(default_factory=list)  # kernel time each output token appeared
     num_computed: int = 0  # tokens of prompt+output whose KV is in the cache
     started_at: float | None = None  # first scheduled
     first_token_at: float | None = None
@@ -124,8 +126,8 @@ class Process:
     exit_status: ExitStatus | None = None
     acct: Accounting = field(default_factory=Accounting)
 
-    # Wake-ups for blocked readers and waiters.
-    output_changed: trio.Event = field(default_factory=trio.Event)
+    # Wake-up for blocked readers: made when a reader asks for it, set by the next notify().
+    _changed: trio.Event | None = field(default=None, repr=False)
 
     @property
     def all_ids(self) -> list[int]:
@@ -149,10 +151,18 @@ class Process:
     def alive(self) -> bool:
         return self.state is not ProcState.ZOMBIE
 
+    @property
+    def output_changed(self) -> trio.Event:
+        """An event the next change of output or state sets (readers wait on it)."""
+        if self._changed is None:
+            self._changed = trio.Event()
+        return self._changed
+
     def notify(self) -> None:
         """Wake everyone blocked on this process's output or exit."""
-        self.output_changed.set()
-        self.output_changed = trio.Event()
+        if self._changed is not None:  # most tokens have no reader waiting: no event to make
+            self._changed.set()
+            self._changed = None
 
     def summary(self) -> dict[str, Any]:
         """The row ``ps`` shows."""

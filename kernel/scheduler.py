@@ -26,9 +26,10 @@ import trio
 from . import params
 from .batch import SamplingParams, SeqChunk, StepBatch, StepResult
 from .errors import KernelError
+from .horizon import Horizon, lookahead_steps
 from .kv_manager import KVCacheManager
 from .names import NameServer
-from .policy import Policy
+from .policy import Policy, is_stateless
 from .preemption import PreemptionMode, choose_swap
 from .process import ExitReason, ExitStatus, Process, ProcState, Signal
 from .proctable import ProcessTable
@@ -43,6 +44,7 @@ class SchedulerConfig:
     max_batch_tokens: int = params.MAX_BATCH_TOKENS  # tokens per step (decodes + prefill chunks)
     max_seqs: int = params.MAX_SEQS  # sequences per step
     preemption: PreemptionMode = PreemptionMode.AUTO  # swap, recompute, or the cheaper of the two
+    max_steps: int = 1  # decode steps one plan may cover on a modeled-time driver (horizon.py)
 
 
 @dataclass
@@ -50,6 +52,7 @@ class DeviceStats:
     """Counters ``uname`` and ``meminfo`` show."""
 
     num_steps: int = 0
+    num_driver_calls: int = 0  # step calls (a multi-step call covers several steps)
     num_tokens: int = 0  # tokens computed (prefill + decode)
     busy_s: float = 0.0  # device time spent in steps
     num_preemptions: int = 0
@@ -65,6 +68,7 @@ class _Plan:
     batch: StepBatch | None  # None: only driver work this turn (e.g. freeing a swap handle)
     procs: list[Process]
     ops: list[tuple[str, dict[str, Any], int | None]] = field(default_factory=list)  # (op, args, pid)
+    num_steps: int = 1  # steps the driver runs: the batch, then num_steps-1 decodes of it
 
 
 class DeviceScheduler:
@@ -88,6 +92,11 @@ class DeviceScheduler:
         self.config = config
         self.stats = DeviceStats()
         self.kv_bytes_per_token = params.DEFAULT_KV_BYTES_PER_TOKEN  # set from load_model's reply
+        # What the driver said of itself in load_model's reply (adopt_driver_info):
+        self.modeled_time = False  # it models time: the kernel lets each step's time pass
+        self.driver_max_steps = 1  # most steps it runs in one call
+        self.shape_batches = False  # it wants batch shapes only (no token ids or block tables)
+        self.last_batch = (0, 0)  # (sequences, tokens) of the latest step, for telemetry
         self._salt_of = salt_of
         self._table = table
         self._names = names
@@ -103,8 +112,27 @@ class DeviceScheduler:
         self._in_flight: set[int] = set()  # pids in the step now on the device
         self._work = trio.Event()
         self._clock: Callable[[], float] = trio.current_time
+        self._horizon: Horizon | None = None  # a multi-step result whose time is passing
+        self._admission_blocked = False  # the last plan's admissions stopped at memory or seats
 
     # -- what syscalls call ------------------------------------------------------------------
+
+    @property
+    def num_running(self) -> int:
+        """Processes holding KV blocks and taking steps."""
+        return len(self._running)
+
+    @property
+    def num_waiting(self) -> int:
+        """Processes waiting for admission (READY or SWAPPED)."""
+        return len(self._ready)
+
+    def adopt_driver_info(self, info: dict[str, Any]) -> None:
+        """Take the driver's self-description from its load_model reply."""
+        self.kv_bytes_per_token = int(info.get("kv_bytes_per_token") or params.DEFAULT_KV_BYTES_PER_TOKEN)
+        self.modeled_time = bool(info.get("modeled_time", False))
+        self.driver_max_steps = max(1, int(info.get("max_steps", 1)))
+        self.shape_batches = bool(info.get("shape_batches", False))
 
     def submit(self, proc: Process) -> None:
         """Queue a new, continued or forked process for admission."""
@@ -115,6 +143,8 @@ class DeviceScheduler:
 
     def signal(self, proc: Process, sig: Signal) -> None:
         """Deliver a signal; it takes effect at the next step boundary at the latest."""
+        self.settle()
+        self._wake()  # a multi-step run in progress ends with the step now running
         if sig is Signal.SIGKILL or (sig is Signal.SIGTERM and proc.pid not in self._in_flight):
             self.finish(proc, ExitStatus(ExitReason.SIGNAL, signal=sig, message=f"killed by {sig.name}"))
         elif sig is Signal.SIGTERM:
@@ -127,6 +157,7 @@ class DeviceScheduler:
 
     def fork(self, parent: Process, children: list[Process]) -> None:
         """Let ``children`` share the parent's computed KV blocks copy-on-write, then queue them."""
+        self.settle()
         if self.kv.table(parent.pid):
             self.kv.fork(parent.pid, [c.pid for c in children])
             for child in children:
@@ -186,9 +217,9 @@ class DeviceScheduler:
 
     async def _turn(self, endpoint: Any) -> None:
         """One plan and its step, or a wait for work."""
+        self._work = trio.Event()  # before planning: an event from here on is not missed
         plan = self.plan()
         if plan is None:
-            self._work = trio.Event()
             await self._work.wait()
             return
         self._in_flight = {p.pid for p in plan.procs}
@@ -207,22 +238,114 @@ class DeviceScheduler:
                 self._record_op(op, pid, reply)
             if plan.batch is None:
                 return
-            reply = await client.call("step", plan.batch.to_wire())
+            args = plan.batch.to_shape_wire() if self.shape_batches else plan.batch.to_wire()
+            if plan.num_steps > 1:
+                args["num_steps"] = plan.num_steps
+            started = self._clock()
+            self.stats.num_driver_calls += 1
+            reply = await client.call("step", args)
         except KernelError as error:
             self._in_flight = set()
             driver_died = error.errno == "EIO" and (client is None or client.closed)
             if not driver_died:
                 self._fail(plan.procs, error)
             return  # a crashed driver: the next turn sees the new generation and recomputes
-        self._in_flight = set()
         try:
             result = StepResult.from_wire(reply)
             if len(result.tokens) != len(plan.procs):
                 raise ValueError(f"{len(result.tokens)} tokens for {len(plan.procs)} sequences")
+            if not 1 <= result.num_steps <= plan.num_steps:
+                raise ValueError(f"{result.num_steps} steps where {plan.num_steps} were asked")
         except (KeyError, TypeError, ValueError) as exc:
+            self._in_flight = set()
             self._fail(plan.procs, KernelError("EIO", f"driver {self.endpoint} returned a malformed step result: {exc}"))
             return
-        self.apply(plan.procs, plan.batch, result)
+        if not self.modeled_time:
+            self._in_flight = set()
+            self.apply(plan.procs, plan.batch, result)
+            return
+        await self._pass_modeled_time(Horizon(plan.procs, plan.batch, result, started))
+
+    async def _pass_modeled_time(self, horizon: Horizon) -> None:
+        """Let a modeled-time result's steps pass on the kernel's clock, then apply them.
+
+        An event (arrival, signal, fork) during the steps ends them with the step in progress,
+        as a one-step loop would replan after it (see ``horizon.py``).
+        """
+        self._horizon = horizon
+        try:
+            with trio.move_on_at(horizon.end):
+                await self._work.wait()
+            if self._clock() < horizon.end:
+                horizon.cut(self._clock())
+                await trio.sleep_until(horizon.end)
+        finally:
+            self._in_flight = set()
+            self._horizon = None
+        self._settle(horizon, horizon.num_steps)
+
+    def settle(self) -> None:
+        """Apply the steps of a multi-step run in progress that have ended by now.
+
+        Signals and forks call this first, so that they act on the state a one-step loop
+        would show at this instant.
+        """
+        if self._horizon is not None:
+            self._settle(self._horizon, self._horizon.steps_done_by(self._clock()))
+
+    def _settle(self, horizon: Horizon, num_steps: int) -> None:
+        """Apply ``horizon``'s steps up to ``num_steps`` that are not applied yet."""
+        if horizon.num_applied == 0 and num_steps > 0:
+            first = horizon.first
+            self.apply(horizon.procs, horizon.batch, StepResult(first.tokens, first.elapsed_s, first.wall_s), horizon.ends[0])
+            horizon.num_applied = 1
+        if num_steps <= horizon.num_applied:
+            return
+        if is_stateless(self.policy):
+            self._apply_decodes(horizon, horizon.num_applied, num_steps)
+        else:
+            for step in range(horizon.num_applied, num_steps):
+                live = [p for p in horizon.procs if p.state is ProcState.RUNNING]
+                self.policy.on_step(horizon.procs, {p.pid: 1 for p in live}, horizon.ends[step])
+                self._apply_decodes(horizon, step, step + 1)
+        horizon.num_applied = num_steps
+
+    def _apply_decodes(self, horizon: Horizon, first_step: int, stop_step: int) -> None:
+        """Record decode steps [first_step, stop_step) of a horizon (step 0 went through apply)."""
+        num = stop_step - first_step
+        elapsed = sum(horizon.elapsed[first_step:stop_step])
+        times = horizon.ends[first_step:stop_step]
+        self.stats.num_steps += num
+        self.stats.num_tokens += num * len(horizon.procs)
+        self.stats.busy_s += elapsed
+        self.last_batch = (len(horizon.procs), len(horizon.procs))
+        block_size = self.kv.block_size
+        for index, proc in enumerate(horizon.procs):
+            if proc.state is not ProcState.RUNNING:
+                continue  # ended, or stopped and forgotten: its tokens of these steps are dropped
+            proc.acct.time_running_s += elapsed
+            proc.acct.num_steps += num
+            before = proc.num_computed
+            proc.num_computed += num
+            proc.output_ids += horizon.tokens(index, first_step, stop_step)
+            proc.token_times += times
+            if self.kv.blocks_for(proc.num_computed) > self.kv.table_len(proc.pid):
+                # The blocks these steps wrote into, taken now (lookahead_steps checked they are free).
+                all_ids = proc.all_ids
+                allocation = self.kv.allocate(proc.pid, all_ids, proc.num_computed, self._salt_of(proc.tenant))
+                if allocation is None:
+                    raise RuntimeError(f"pid {proc.pid}: no KV block for a multi-step run that was checked to fit")
+                if allocation.blocks_to_zero:
+                    self._ops.append(("zero_blocks", {"blocks": allocation.blocks_to_zero}, None))
+            if proc.num_computed // block_size > before // block_size:
+                self.kv.commit_full_blocks(proc.pid, proc.all_ids, proc.num_computed)
+            proc.notify()
+            if proc.output_ids[-1] in proc.stop_ids:
+                self.finish(proc, ExitStatus(ExitReason.STOP, message="sampled a stop token"))
+            elif len(proc.output_ids) >= proc.max_tokens:
+                self.finish(proc, ExitStatus(ExitReason.LENGTH, message=f"reached max_tokens={proc.max_tokens}"))
+            elif proc.pending_term and stop_step == horizon.num_steps:
+                self.finish(proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"))
 
     def _record_op(self, op: str, pid: int | None, reply: Any) -> None:
         """Book-keeping for a driver op that just ran (the handle and bytes of a swap-out)."""
@@ -255,9 +378,12 @@ class DeviceScheduler:
         # so prefill chunks only ever take the budget that decodes leave (stall-free batching).
         # Processes below the top fill seats that the top could not use (memory).
         top = ranked[: self.config.max_seqs]
-        order = [p for p in top if self._decoding(p)] + [p for p in top if not self._decoding(p)]
-        order += ranked[self.config.max_seqs :]
+        decoding, others = [], []
+        for p in top:
+            (decoding if self._decoding(p) else others).append(p)
+        order = decoding + others + ranked[self.config.max_seqs :]
         admitting = True  # the first waiting process that cannot get memory closes admission
+        kv = self.kv
         for proc in order:
             if len(chunks) >= self.config.max_seqs or budget <= 0:
                 break
@@ -265,6 +391,12 @@ class DeviceScheduler:
                 continue  # preempted as a victim earlier in this loop
             if proc.state is ProcState.RUNNING:
                 num_new = min(proc.num_tokens - proc.num_computed, budget)
+                if num_new == 1 and kv.can_write_in_place(proc.pid, proc.num_computed):
+                    # The common case, a decode whose block is already there: no memory work.
+                    chunks.append(self._decode_chunk(proc))
+                    self._chosen.append(proc)
+                    budget -= 1
+                    continue
                 if not self._make_room(proc, num_new):
                     continue
             elif admitting:
@@ -280,10 +412,38 @@ class DeviceScheduler:
             chunks.append(self._chunk(proc, num_new))
             self._chosen.append(proc)
             budget -= num_new
-        ops, self._ops = self._ops, []
+        # Whether the waiting processes could not get in for lack of memory or seats (not of
+        # token budget, which the next step has again): the lookahead's question.
+        self._admission_blocked = not admitting or len(chunks) >= self.config.max_seqs
         if not chunks:
+            ops, self._ops = self._ops, []
             return _Plan(None, [], ops) if ops else None
-        return _Plan(StepBatch(chunks, self.kv.block_size), self._chosen, ops)
+        batch = StepBatch(chunks, self.kv.block_size)
+        num_steps = self._plan_lookahead(batch)
+        ops, self._ops = self._ops, []
+        return _Plan(batch, self._chosen, ops, num_steps)
+
+    def _plan_lookahead(self, batch: StepBatch) -> int:
+        """Steps the driver may run for this batch (``horizon.py``); 1 unless it takes shapes."""
+        if not (self.modeled_time and self.shape_batches):
+            return 1
+        limit = min(self.config.max_steps, self.driver_max_steps)
+        return lookahead_steps(self._chosen, batch, self.kv, limit, len(self._running), self._waiting_may_enter())
+
+    def _waiting_may_enter(self) -> bool:
+        """Whether a waiting process might join the batch in a later step of this plan's horizon.
+
+        Not if none waits. Nor if the policy's ranking never changes (``static_rank``), every
+        waiting process ranks below every running one (so none can preempt its way in), and
+        admission stopped at a process memory or seats could not take: during a multi-step run
+        the running processes only grow, so memory only shrinks and seats stay taken.
+        """
+        if not self._ready:
+            return False
+        if not (getattr(self.policy, "static_rank", False) and self._admission_blocked):
+            return True
+        lowest_running = max((self._rank[p.pid] for p in self._running), default=-1)
+        return any(self._rank.get(p.pid, -1) < lowest_running for p in self._ready)
 
     @staticmethod
     def _decoding(proc: Process) -> bool:
@@ -297,15 +457,19 @@ class DeviceScheduler:
                    and self._rank.get(p.pid, len(self._rank)) > mine]
         return sorted(victims, key=lambda p: self._rank.get(p.pid, len(self._rank)))
 
-    def apply(self, procs: list[Process], batch: StepBatch, result: StepResult) -> None:
-        """Record a finished step: progress, sampled tokens, exits, newly cacheable blocks."""
+    def apply(self, procs: list[Process], batch: StepBatch, result: StepResult, now: float | None = None) -> None:
+        """Record a finished step: progress, sampled tokens, exits, newly cacheable blocks.
+
+        ``now`` is when the step ended (default: the kernel's clock).
+        """
+        now = self._clock() if now is None else now
         # First, while num_computed and output_ids still describe the state before the step:
         # stateful policies (rr, mlfq, vtc) split what was served into prompt and output.
-        self.policy.on_step(procs, {c.seq_id: len(c.token_ids) for c in batch.seqs}, self._clock())
+        self.policy.on_step(procs, {c.seq_id: len(c.token_ids) for c in batch.seqs}, now)
         self.stats.num_steps += 1
         self.stats.num_tokens += batch.num_tokens
         self.stats.busy_s += result.elapsed_s
-        now = self._clock()
+        self.last_batch = (len(batch.seqs), batch.num_tokens)
         for proc, chunk, token in zip(procs, batch.seqs, result.tokens, strict=True):
             if proc.state is ProcState.ZOMBIE:
                 continue  # killed while the step ran; its blocks are already free
@@ -325,6 +489,7 @@ class DeviceScheduler:
                 continue
             if chunk.sample and token is not None:
                 proc.output_ids.append(int(token))
+                proc.token_times.append(now)
                 if proc.first_token_at is None:
                     proc.first_token_at = now
                 proc.notify()
@@ -353,6 +518,14 @@ class DeviceScheduler:
 
     # -- memory --------------------------------------------------------------------------------
 
+    def _decode_chunk(self, proc: Process) -> SeqChunk:
+        """``_chunk(proc, 1)`` for a decoding process, built directly (the planner's hot path)."""
+        s = proc.sampling
+        start = proc.num_computed
+        return SeqChunk(proc.pid, proc.token_slice(start, start + 1), start,
+                        [] if self.shape_batches else self.kv.table(proc.pid), True,
+                        SamplingParams(s.temperature, s.top_k, s.top_p, s.seed, len(proc.output_ids)))
+
     def _chunk(self, proc: Process, num_new: int) -> SeqChunk:
         start = proc.num_computed
         s = proc.sampling
@@ -360,7 +533,7 @@ class DeviceScheduler:
             seq_id=proc.pid,
             token_ids=proc.token_slice(start, start + num_new),
             start_pos=start,
-            block_table=self.kv.table(proc.pid),
+            block_table=[] if self.shape_batches else self.kv.table(proc.pid),  # shapes carry no tables
             sample=start + num_new == proc.num_tokens,
             sampling=SamplingParams(s.temperature, s.top_k, s.top_p, s.seed, len(proc.output_ids)),
         )
@@ -431,7 +604,7 @@ class DeviceScheduler:
         salt = self._salt_of(proc.tenant)
         num_tokens = proc.num_computed + num_new
         while True:
-            if self.kv.blocks_for(num_tokens) <= len(self.kv.table(proc.pid)):
+            if self.kv.blocks_for(num_tokens) <= self.kv.table_len(proc.pid):
                 # The common decode step: the table already covers the new token.
                 pairs = self.kv.prepare_write(proc.pid, proc.num_computed, num_tokens)
                 if pairs is not None:
@@ -484,6 +657,7 @@ class DeviceScheduler:
         self._preempted_now.add(proc.pid)
         if pairs is not None:
             self.stats.num_swaps += 1
+            proc.acct.num_swaps += 1
             self._ops.append(("swap_out", {"blocks": [b for b, _ in pairs]}, proc.pid))
             self._table.set_state(proc, ProcState.SWAPPED)
         else:

@@ -25,7 +25,7 @@ Handler = Callable[["Kernel", Session, dict[str, Any]], Awaitable[Any]]
 
 SPAWN_ARGS = (
     "model", "prompt", "prompt_ids", "max_tokens", "temperature", "top_k", "top_p", "seed",
-    "stop_ids", "ignore_eos", "nice", "deadline_s", "detach",
+    "stop_ids", "ignore_eos", "nice", "deadline_s", "detach", "device",
 )
 
 
@@ -42,9 +42,9 @@ async def sys_getpid(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[st
 
 
 async def sys_spawn(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
-    """Start an LLM process; returns its pid."""
+    """Start an LLM process on the least-loaded device serving its model (or a named one)."""
     a = Args("spawn", raw, SPAWN_ARGS)
-    device = k.device_for_model(a.text("model", k.default_model, max_len=256))
+    device = k.route(a.text("model", None, max_len=256), a.text("device", None, max_len=256))
     if a.has("prompt") == a.has("prompt_ids"):
         raise KernelError("EINVAL", "spawn: give exactly one of 'prompt' (text) or 'prompt_ids' (token ids)")
     if a.has("prompt"):
@@ -92,7 +92,7 @@ async def sys_spawn(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str
     )
     k.table.add(proc)
     device.scheduler.submit(proc)
-    return {"pid": proc.pid}
+    return {"pid": proc.pid, "device": device.name}
 
 
 async def sys_read(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
@@ -260,7 +260,14 @@ async def sys_meminfo(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[s
     return {"devices": [d.scheduler.meminfo() for d in k.devices.values()]}
 
 
+async def sys_lsdev(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
+    """One row per device: kind, emulated or real, model, memory, utilization, running, waiting."""
+    Args("lsdev", raw, ())
+    return {"devices": k.list_devices()}
+
+
 SYSCALLS: dict[str, Handler] = {
+    "lsdev": sys_lsdev,
     "meminfo": sys_meminfo,
     "token": sys_token,
     "getpid": sys_getpid,

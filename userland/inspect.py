@@ -1,4 +1,4 @@
-"""``llmos ps``, ``uname``, ``meminfo`` and ``token``: talk to a running kernel through libllm."""
+"""``llmos ps``, ``uname``, ``meminfo``, ``lsdev`` and ``token``: talk to a running kernel through libllm."""
 
 from __future__ import annotations
 
@@ -34,8 +34,31 @@ def format_meminfo(devices: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _mib(num_bytes: int | None) -> str:
+    return "-" if num_bytes is None else f"{num_bytes / (1 << 20):.1f}"
+
+
+def format_lsdev(devices: list[dict]) -> str:
+    """lsdev as a table: one line per device; emulated devices say so in the TYPE column.
+
+    MEMORY is the device memory in use (weights + KV pool, MiB) over its capacity where the
+    driver reports one; UTIL is the device's busy time over the kernel's uptime.
+    """
+    rows = []
+    for d in devices:
+        used = (d.get("weight_bytes") or 0) + d["kv_bytes"]
+        memory = _mib(used) + (f"/{_mib(d['memory_bytes'])}" if d.get("memory_bytes") else "")
+        kind = d["kind"] + (f" ({d['spec']})" if d.get("spec") else "")
+        rows.append({
+            "name": d["name"], "kind": kind, "type": "emulated" if d["emulated"] else "real", "model": d["model"],
+            "kv_blocks": f"{d['kv_blocks_used']}/{d['kv_blocks_total']}", "memory_mib": memory,
+            "util": f"{d['utilization']:.1%}", "running": d["running"], "waiting": d["waiting"],
+        })
+    return format_table(rows, ("name", "kind", "type", "model", "kv_blocks", "memory_mib", "util", "running", "waiting"))
+
+
 def run_inspect(args: argparse.Namespace) -> int:
-    """Entry point of ``llmos ps`` and ``llmos uname``."""
+    """Entry point of ``llmos ps``, ``uname``, ``meminfo``, ``lsdev`` and ``token``."""
     try:
         with libllm.connect(args.socket) as llm:
             if args.command == "ps":
@@ -44,6 +67,9 @@ def run_inspect(args: argparse.Namespace) -> int:
             elif args.command in ("meminfo", "free"):
                 devices = llm.call("meminfo")["devices"]
                 print(json.dumps(devices, indent=2) if args.json else format_meminfo(devices))
+            elif args.command == "lsdev":
+                devices = llm.lsdev()
+                print(json.dumps(devices, indent=2) if args.json else format_lsdev(devices))
             elif args.command == "token":
                 print(llm.call("token", tenant=args.tenant)["token"])
             else:

@@ -88,8 +88,9 @@ class Client:
 
         Args:
             prompt: the prompt text (the model needs a tokenizer), or give ``prompt_ids=``.
-            options: model, prompt_ids, max_tokens, temperature, top_k, top_p, seed, stop_ids,
-                ignore_eos, nice, deadline_s, detach.
+            options: model, device, prompt_ids, max_tokens, temperature, top_k, top_p, seed,
+                stop_ids, ignore_eos, nice, deadline_s, detach. Without ``device`` the kernel
+                picks the least-loaded device serving the model.
         """
         return (await self.call("spawn", prompt=prompt, **options))["pid"]
 
@@ -137,6 +138,10 @@ class Client:
     async def uname(self) -> dict[str, Any]:
         """The kernel: version, devices, models, servers and their restart counts."""
         return await self.call("uname")
+
+    async def lsdev(self) -> list[dict[str, Any]]:
+        """One row per device: kind, emulated or real, model, memory, utilization, load."""
+        return (await self.call("lsdev"))["devices"]
 
     async def tokenize(self, text: str, model: str | None = None) -> list[int]:
         """Text to token ids with a model's tokenizer."""

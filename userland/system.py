@@ -1,8 +1,10 @@
 """Putting a system together: a kernel, its device drivers and its services.
 
 The kernel knows drivers only as server factories; this module is where userland chooses
-them (``--device sim`` or ``--device cpu``) and turns command-line options into a
-``KernelConfig``.
+them (``--device sim``, or several: ``--devices cpu,npu``, ``--devices sim,sim``) and turns
+command-line options into a ``KernelConfig``. Devices are named by kind and index (cpu0,
+npu0, sim0, sim1); devices that serve the same model are data-parallel replicas, and the
+kernel routes each new process to the least loaded of them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from llmos.kernel.scheduler import SchedulerConfig
 class SystemOptions:
     """What a user can choose wherever a kernel is booted."""
 
-    device: str = "cpu"  # driver kind of the single device: cpu (real) or sim (cost model only)
+    device: str = "cpu"  # driver kind of the single device: cpu (real), npu (emulated), sim (cost model)
+    devices: list[str] | None = None  # several devices by driver kind (e.g. cpu, npu); overrides device
+    npu: str = "phone"  # preset of every npu device (drivers/npu.py: phone, tiny)
     model: str | None = None  # checkpoint directory, or "default" for the embedded model
     dtype: str = "float32"  # weights, activations and KV cache on torch devices
     kv_blocks: int = params.NUM_KV_BLOCKS
@@ -38,7 +42,11 @@ class SystemOptions:
 def add_system_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every booting command shares (boot, demo, generate, llmsh)."""
     group = parser.add_argument_group("kernel")
-    group.add_argument("--device", default="cpu", choices=sorted(DRIVER_KINDS), help="driver of the device (default: %(default)s)")
+    group.add_argument("--device", default=None, choices=sorted(DRIVER_KINDS), help="driver of the one device (default: cpu)")
+    group.add_argument("--devices", default=None, metavar="KIND,KIND,...",
+                       help="several devices, e.g. cpu,npu, or sim,sim for two replicas of one model")
+    group.add_argument("--npu", default="phone", metavar="PRESET",
+                       help="spec of the emulated npu: phone (45 int8 TOPS, 8 GiB) or tiny (6 MiB) (default: %(default)s)")
     group.add_argument("--model", default=None, help="checkpoint directory (Hugging Face format), or 'default' for the embedded model")
     group.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
     group.add_argument("--kv-blocks", type=int, default=params.NUM_KV_BLOCKS, help="KV blocks in the device pool")
@@ -54,40 +62,73 @@ def add_system_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> SystemOptions:
-    """``SystemOptions`` from parsed command-line arguments."""
+    """``SystemOptions`` from parsed command-line arguments; ValueError for --device with --devices."""
+    if args.device and args.devices:
+        raise ValueError("give --device or --devices, not both")
     return SystemOptions(
-        device=args.device, model=args.model, dtype=args.dtype, kv_blocks=args.kv_blocks, block_size=args.block_size,
+        device=args.device or "cpu", devices=parse_devices(args.devices) if args.devices else None, npu=args.npu,
+        model=args.model, dtype=args.dtype, kv_blocks=args.kv_blocks, block_size=args.block_size,
         swap_blocks=args.swap_blocks, preemption=args.preemption, prefix_cache=args.prefix_cache,
         policy=args.policy, max_batch_tokens=args.max_batch_tokens, max_seqs=args.max_seqs,
     )
 
 
-def _sim_device(options: SystemOptions) -> DeviceConfig:
+def parse_devices(text: str) -> list[str]:
+    """``"cpu,npu"`` -> ``["cpu", "npu"]``; ValueError for an empty item or an unknown kind."""
+    kinds = [item.strip() for item in text.split(",")]
+    for kind in kinds:
+        if kind not in DRIVER_KINDS:
+            raise ValueError(f"--devices {text}: unknown device kind {kind!r}; known: {', '.join(sorted(DRIVER_KINDS))}")
+    return kinds
+
+
+def _sim_device(options: SystemOptions, name: str) -> DeviceConfig:
     from llmos.drivers.sim import SimDriver
 
-    return DeviceConfig("sim0", SimDriver, options.model or "sim", {}, options.kv_blocks, options.block_size)
+    return DeviceConfig(name, SimDriver, options.model or "sim", {}, options.kv_blocks, options.block_size)
 
 
-def _cpu_device(options: SystemOptions) -> DeviceConfig:
-    from functools import partial
+def _checkpoint(options: SystemOptions) -> tuple[Any, str]:
+    """The checkpoint directory of ``--model`` and the model name processes use for it."""
     from pathlib import Path
 
-    from llmos.drivers.cpu import DEFAULT_MODEL_DIR, TorchDriver, resolve_dtype
+    from llmos.drivers.cpu import DEFAULT_MODEL_DIR, resolve_dtype
 
     resolve_dtype(options.dtype)  # a bad spelling is a usage error now, not a driver crash later
     if options.model in (None, "default"):
-        path, name = DEFAULT_MODEL_DIR, "default"
-    else:
-        path = Path(options.model).expanduser()
-        if not path.is_dir():
-            raise ValueError(f"--model {options.model}: no such checkpoint directory")
-        name = path.resolve().name
+        return DEFAULT_MODEL_DIR, "default"
+    path = Path(options.model).expanduser()
+    if not path.is_dir():
+        raise ValueError(f"--model {options.model}: no such checkpoint directory")
+    return path, path.resolve().name
+
+
+def _cpu_device(options: SystemOptions, name: str) -> DeviceConfig:
+    from functools import partial
+
+    from llmos.drivers.cpu import TorchDriver
+
+    path, model = _checkpoint(options)
     factory = partial(TorchDriver, "cpu", options.dtype)
-    return DeviceConfig("cpu0", factory, name, {"path": str(path)}, options.kv_blocks, options.block_size)
+    return DeviceConfig(name, factory, model, {"path": str(path)}, options.kv_blocks, options.block_size)
+
+
+def _npu_device(options: SystemOptions, name: str) -> DeviceConfig:
+    from functools import partial
+
+    from llmos.drivers.npu import NpuDriver, resolve_spec
+
+    path, model = _checkpoint(options)
+    resolve_spec(options.npu)  # an unknown preset is a usage error now
+    factory = partial(NpuDriver, options.npu, options.dtype)
+    # Its int8 weights compute other numbers than the float model: another model name, so a
+    # process never lands on it by chance as a replica of the float model.
+    return DeviceConfig(name, factory, f"{model}-int8", {"path": str(path)}, options.kv_blocks, options.block_size)
 
 
 DRIVER_KINDS: dict[str, Any] = {
     "cpu": _cpu_device,
+    "npu": _npu_device,
     "sim": _sim_device,
 }
 
@@ -102,15 +143,20 @@ def build_config(options: SystemOptions) -> KernelConfig:
         raise ValueError(f"unknown preemption mode {options.preemption!r}; choose auto, swap or recompute")
     if options.max_batch_tokens <= 0 or options.max_seqs <= 0:
         raise ValueError("--max-batch-tokens and --max-seqs must be positive")
-    if options.device not in DRIVER_KINDS:
-        raise ValueError(f"unknown device {options.device!r}; known: {', '.join(sorted(DRIVER_KINDS))}")
+    kinds = options.devices or [options.device]
+    for kind in kinds:
+        if kind not in DRIVER_KINDS:
+            raise ValueError(f"unknown device {kind!r}; known: {', '.join(sorted(DRIVER_KINDS))}")
     if options.policy not in POLICIES:
         raise ValueError(f"unknown policy {options.policy!r}; known: {', '.join(sorted(POLICIES))}")
-    device = DRIVER_KINDS[options.device](options)
-    device.num_swap_blocks = options.swap_blocks
-    device.prefix_cache = options.prefix_cache
+    devices = []
+    for index, kind in enumerate(kinds):
+        device = DRIVER_KINDS[kind](options, f"{kind}{kinds[:index].count(kind)}")  # cpu0, sim0, sim1
+        device.num_swap_blocks = options.swap_blocks
+        device.prefix_cache = options.prefix_cache
+        devices.append(device)
     return KernelConfig(
-        devices=[device],
+        devices=devices,
         policy=options.policy,
         scheduler=SchedulerConfig(options.max_batch_tokens, options.max_seqs, PreemptionMode(options.preemption)),
     )

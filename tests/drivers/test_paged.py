@@ -9,6 +9,7 @@ same as recomputing it from scratch with forward_dense at every token.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,7 @@ def run_planner(
             end = s.computed + len(tokens)
             while len(s.table) * block_size < end:
                 s.table.append(free.pop())
-            sampling = SamplingParams(**{**s.sampling.__dict__, "sample_index": len(s.generated)})
+            sampling = dataclasses.replace(s.sampling, sample_index=len(s.generated))
             sample = end >= len(s.prompt)
             chunks.append(SeqChunk(i, tokens, s.computed, list(s.table), sample, sampling))
             owners.append(s)

@@ -1,0 +1,107 @@
+"""Multi-step decoding (kernel/horizon.py) changes nothing but speed.
+
+Each test runs the same scenario twice on the sim driver in virtual time, once planning every
+step (max_steps=1) and once with multi-step runs, and compares everything a program can see:
+tokens, exit statuses, and the kernel time of every token.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+from sim_fixtures import sim_config
+
+from llmos.kernel.kernel import open_kernel
+from llmos.userland import libllm
+
+
+def run_twice(scenario, **overrides):
+    """Run ``scenario(kernel, llm) -> result`` with max_steps 1 and 512; return both results."""
+    results = []
+    for max_steps in (1, 512):
+        async def main(max_steps=max_steps):
+            config = sim_config(**overrides)
+            config.scheduler.max_steps = max_steps
+            async with open_kernel(config) as kernel, libllm.open_client(kernel, uid=0) as llm:
+                result = await scenario(kernel, llm)
+                stats = kernel.devices["sim0"].scheduler.stats
+                return result, stats.num_steps, stats.num_driver_calls
+        results.append(trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0)))
+    (one, steps_one, calls_one), (multi, steps_multi, calls_multi) = results
+    assert steps_one == steps_multi
+    assert calls_one == steps_one
+    return one, multi, calls_multi
+
+
+def timed_outputs(kernel, pids):
+    """What each process produced and when: (tokens, token times, exit reason)."""
+    out = {}
+    for pid in pids:
+        proc = kernel.table.procs[pid]
+        out[pid] = (list(proc.output_ids), list(proc.token_times), proc.exit_status and proc.exit_status.reason)
+    return out
+
+
+async def spawn_staggered(llm, lengths, gap_s):
+    pids = []
+    for i, (prompt_len, max_tokens) in enumerate(lengths):
+        pids.append(await llm.spawn(prompt_ids=[5 + i] * prompt_len, max_tokens=max_tokens, seed=i, ignore_eos=True))
+        await trio.sleep(gap_s)
+    return pids
+
+
+def test_arrivals_and_exits_give_identical_schedules():
+    lengths = [(12, 40), (30, 7), (5, 90), (17, 33), (9, 64), (40, 3), (3, 120)]
+
+    async def scenario(kernel, llm):
+        pids = await spawn_staggered(llm, lengths, 0.037)
+        await trio.sleep(5)
+        return timed_outputs(kernel, pids)
+
+    one, multi, calls = run_twice(scenario, kv_blocks=256, max_batch_tokens=64, max_seqs=8)
+    assert one == multi
+    assert all(len(tokens) == n for (tokens, _, _), (_, n) in zip(one.values(), lengths, strict=True))
+
+
+def test_signals_in_the_middle_of_a_multi_step_run():
+    async def scenario(kernel, llm):
+        pids = await spawn_staggered(llm, [(8, 200), (8, 200), (8, 200)], 0.0)
+        await trio.sleep(0.1234)
+        await llm.kill(pids[0], "SIGSTOP")
+        await trio.sleep(0.05)
+        await llm.kill(pids[1], "SIGKILL")
+        await trio.sleep(0.0777)
+        await llm.kill(pids[2], "SIGTERM")
+        await trio.sleep(0.2)
+        await llm.kill(pids[0], "SIGCONT")
+        await trio.sleep(5)
+        return timed_outputs(kernel, pids)
+
+    one, multi, calls = run_twice(scenario, kv_blocks=256)
+    assert one == multi
+    tokens, _, _ = one[min(one)]
+    assert len(tokens) == 200  # the stopped one finished after SIGCONT
+
+
+def test_multi_step_runs_cover_many_steps_per_call():
+    async def scenario(kernel, llm):
+        pids = await spawn_staggered(llm, [(8, 300)] * 4, 0.0)
+        await trio.sleep(10)
+        return timed_outputs(kernel, pids)
+
+    one, multi, calls = run_twice(scenario, kv_blocks=512)
+    assert one == multi
+    assert calls <= 4  # the prefill step, then one run to the end
+
+
+def test_memory_pressure_and_preemption_give_identical_schedules():
+    # 48 blocks of 4 tokens cannot hold six growing processes: preemptions, swaps, recomputes.
+    async def scenario(kernel, llm):
+        pids = await spawn_staggered(llm, [(10, 60)] * 6, 0.01)
+        await trio.sleep(20)
+        meminfo = (await llm.call("meminfo"))["devices"][0]
+        return timed_outputs(kernel, pids), meminfo["preemptions"]
+
+    (one, preemptions_one), (multi, preemptions_multi), _ = run_twice(scenario, kv_blocks=48)
+    assert one == multi
+    assert preemptions_one == preemptions_multi > 0
