@@ -50,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     meminfo.add_argument("--socket", default=None)
     meminfo.add_argument("--json", action="store_true", help="print JSON")
 
+    lsdev = sub.add_parser("lsdev", help="list a running kernel's devices: kind, emulated or real, memory, utilization, load")
+    lsdev.add_argument("--socket", default=None, help="the kernel's socket (default $LLMOS_SOCKET or /tmp/llmos.sock)")
+    lsdev.add_argument("--json", action="store_true", help="print JSON")
+
+    sim = sub.add_parser("sim", help="the kernel in virtual time on a trace or synthetic workload: metrics, plots, sweeps")
+    from .simulate import add_sim_arguments, add_sim_subcommands
+
+    add_sim_arguments(sim)
+    add_sim_subcommands(sim)
+
     token = sub.add_parser("token", help="issue a tenant token (uid 0 only); clients present it with --token")
     token.add_argument("--tenant", required=True)
     token.add_argument("--socket", default=None)
@@ -83,6 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--seed", type=int, default=0, help="seed of the request sample and prompt ids")
     engine.add_argument("--hf-batch-size", type=int, default=8, help="requests per transformers generate call (default: %(default)s)")
     engine.add_argument("--threads", type=int, default=2, help="torch intra-op threads for both sides (default: %(default)s)")
+    dp = bench_sub.add_parser("dataparallel", help="one saturating workload on 1, 2 and 4 sim replicas in virtual time: speedup")
+    add_trace_arguments(dp, requests=400)
+    dp.add_argument("--replicas", default="1,2,4", help="replica counts to run, comma-separated (default %(default)s)")
+    dp.add_argument("--max-seqs", type=int, default=64, help="sequences per step on each replica (default %(default)s)")
+    dp.add_argument("--kv-blocks", type=int, default=4096, help="KV blocks of each replica (default %(default)s)")
+    npu = bench_sub.add_parser("npu", help="the emulated int8 npu against the cpu: greedy agreement, held-out perplexity, step time")
+    npu.add_argument("--json", action="store_true", help="print JSON")
+    npu.add_argument("--model", default="default", help="checkpoint directory, or 'default' for the embedded model")
+    npu.add_argument("--windows", type=int, default=256,
+                     help="held-out windows of 256 tokens for perplexity; 256 are the training script's evaluation windows (default %(default)s)")
+    npu.add_argument("--prompts", type=int, default=32, help="held-out prompts for greedy agreement (default %(default)s)")
+    npu.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per prompt (default %(default)s)")
+    npu.add_argument("--spec", default="phone", help="npu preset (default %(default)s)")
+    npu.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default %(default)s)")
     return parser
 
 
@@ -101,10 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         from .generate import run_generate
 
         return run_generate(args)
-    if args.command in ("ps", "uname", "token", "meminfo", "free"):
+    if args.command in ("ps", "uname", "token", "meminfo", "free", "lsdev"):
         from .inspect import run_inspect
 
         return run_inspect(args)
+    if args.command == "sim":
+        from .simulate import run_sim
+
+        return run_sim(args)
     if args.command == "bench" and args.bench == "ipc":
         from .bench_ipc import run_bench_ipc
 
@@ -121,6 +149,14 @@ def main(argv: list[str] | None = None) -> int:
         from .bench_memory import run_bench_memory
 
         return run_bench_memory(args)
+    if args.command == "bench" and args.bench == "dataparallel":
+        from .bench_dataparallel import run_bench_dataparallel
+
+        return run_bench_dataparallel(args)
+    if args.command == "bench" and args.bench == "npu":
+        from .bench_npu import run_bench_npu
+
+        return run_bench_npu(args)
     if args.command == "bench" and args.bench == "engine":
         from .bench_engine import run_bench_engine
 
