@@ -130,12 +130,40 @@ class SimDriver(DriverServer):
         if num_steps > 1:
             if not sample.all():
                 raise KernelError("EINVAL", "step: num_steps > 1 needs every sequence to sample (decode) in the first step")
-            more_elapsed = self.cost.decode_steps_seconds(n, context_tokens + n, num_steps - 1)
+            more_elapsed = self._more_elapsed(raw, start + q, num_steps)
             later = indices[:, None] + np.arange(1, num_steps, dtype=np.uint64)[None, :]  # (seqs, steps-1)
             block = sim_tokens(seeds[:, None], later, self.vocab_size).astype("<i4")
             more = block.tobytes()
         wall = time.perf_counter() - started  # the host's own work, apart from the modeled time
         return StepResult(tokens, elapsed, wall, more_elapsed, more).to_wire()
+
+    def _more_elapsed(self, raw: dict[str, Any], contexts: np.ndarray, num_steps: int) -> list[float]:
+        """Modeled seconds of decode steps 1..num_steps-1 after a first step.
+
+        ``contexts`` are the sequences' context lengths after the first step. With a
+        ``seq_steps`` column, sequence i takes part in steps 0..seq_steps[i]-1 only, so the
+        batch shrinks as sequences finish; between two such ends it is constant, and each
+        stretch is one ``decode_steps_seconds`` call.
+        """
+        n = len(contexts)
+        if "seq_steps" in raw:
+            steps = raw["seq_steps"]
+            if not isinstance(steps, bytes) or len(steps) != 8 * n:
+                raise KernelError("EINVAL", "step: seq_steps must be an int64 column, one per sequence")
+            seq_steps = np.frombuffer(steps, dtype="<i8")
+            if n and (seq_steps.min() < 1 or seq_steps.max() != num_steps):
+                raise KernelError("EINVAL", f"step: seq_steps must be in 1..{num_steps} and reach num_steps")
+        else:
+            seq_steps = np.full(n, num_steps, dtype=np.int64)
+        elapsed: list[float] = []
+        lo = 1
+        for hi in sorted({int(x) for x in seq_steps if x > 1}):
+            active = seq_steps > lo  # the sequences in steps lo..hi-1
+            count = int(active.sum())
+            context = int(contexts[active].sum()) + count * lo  # after step lo
+            elapsed += self.cost.decode_steps_seconds(count, context, hi - lo)
+            lo = hi
+        return elapsed
 
     def _parse_shape(self, raw: dict[str, Any]) -> dict[str, np.ndarray]:
         """Check a batch shape (``StepBatch.to_shape_wire``): equal-length int64 columns."""

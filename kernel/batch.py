@@ -18,6 +18,7 @@ A decode step for the same sequence later is ``token_ids=[last_sampled]`` with
 
 from __future__ import annotations
 
+import functools
 import sys
 from array import array
 from dataclasses import dataclass, field
@@ -96,7 +97,7 @@ class StepBatch:
     seqs: list[SeqChunk]
     block_size: int  # tokens per KV block; equal to the driver's init_kv block_size
 
-    @property
+    @functools.cached_property
     def num_tokens(self) -> int:
         """Tokens computed this step (the token budget counts these)."""
         return sum(len(s.token_ids) for s in self.seqs)
@@ -108,7 +109,7 @@ class StepBatch:
     def from_wire(cls, data: dict[str, Any]) -> StepBatch:
         return cls([SeqChunk.from_wire(s) for s in data["seqs"]], int(data["block_size"]))
 
-    def to_shape_wire(self) -> dict[str, Any]:
+    def to_shape_wire(self, seq_steps: list[int] | None = None) -> dict[str, Any]:
         """The batch without token ids or block tables, for drivers that only model time.
 
         A sim device has no KV storage and computes nothing, so what it needs of each
@@ -125,8 +126,12 @@ class StepBatch:
             [s.sampling.seed for s in seqs],
             [s.sampling.sample_index for s in seqs],
         )
-        return {"block_size": self.block_size,
+        wire = {"block_size": self.block_size,
                 "shape": {name: _int64_bytes(col) for name, col in zip(SHAPE_COLUMNS, columns, strict=True)}}
+        if seq_steps is not None:
+            # Multi-step: sequence i takes part in steps 0 .. seq_steps[i]-1 of the call.
+            wire["seq_steps"] = _int64_bytes(seq_steps)
+        return wire
 
 
 SHAPE_COLUMNS = ("seq_id", "num_tokens", "start_pos", "sample", "seed", "sample_index")

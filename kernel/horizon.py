@@ -15,6 +15,9 @@ as the steps are applied, in the order a one-step loop takes them, so which cach
 blocks get evicted is the same too. Later steps therefore carry no block tables: only drivers
 without KV storage (sim, which takes batch shapes) run more than one step per call.
 
+Processes that reach their length inside the run leave it there when nobody waits at all: the
+driver is told each sequence's step count, and the steps after one ends are modeled without it.
+
 What the proof cannot see coming, an arrival or a signal, ends the horizon early: the kernel
 waits on its wake-up event while the modeled time passes, and at an event keeps the steps up to
 the one in progress and drops the rest (``Horizon.cut``), just as a one-step loop would have
@@ -38,32 +41,42 @@ from .process import Process
 
 
 def lookahead_steps(
-    procs: Sequence[Process], batch: StepBatch, kv: KVCacheManager, limit: int, num_running: int, waiting_may_enter: bool
-) -> int:
-    """How many steps, starting with ``batch``, are certain to be planned alike (>= 1).
+    procs: Sequence[Process], batch: StepBatch, kv: KVCacheManager, limit: int, num_running: int,
+    waiting_may_enter: bool, none_waiting: bool,
+) -> list[int]:
+    """How many steps each sequence of ``batch`` is certain to take, starting with it.
+
+    Returns one count per sequence (all 1: plan again after this step). A sequence takes
+    part in steps ``0 .. count-1``; the run lasts ``max(counts)`` steps. Sequences that reach
+    their ``max_tokens`` leave the run early only when ``none_waiting`` (nobody is waiting at
+    all, so the blocks and the seat they free change no plan); otherwise the run ends with the
+    first of them.
 
     ``procs`` are the batch's processes in order; ``num_running`` counts the device's running
     processes; ``waiting_may_enter`` says whether a waiting process could join the batch at a
     later step (the scheduler knows its policy and admission); ``limit`` caps the answer.
     Allocates nothing.
     """
+    ones = [1] * len(procs)
     if limit <= 1 or waiting_may_enter or num_running != len(procs):
-        return 1
-    steps = limit
+        return ones
+    # Step 0 samples one token, each later step one more: a sequence's own limit.
+    own = []
     for proc, chunk in zip(procs, batch.seqs, strict=True):
         if not chunk.sample:
-            return 1  # a prefill chunk continues next step: a different batch
-        # Step 0 samples one token, each later step one more: stop where the first one ends.
-        steps = min(steps, proc.max_tokens - len(proc.output_ids))
+            return ones  # a prefill chunk continues next step: a different batch
+        own.append(proc.max_tokens - len(proc.output_ids))
+    steps = min(limit, max(own) if none_waiting else min(own))
     if steps <= 1:
-        return 1
+        return ones
     num_free = kv.num_free_blocks
     tables = [kv.table_len(p.pid) for p in procs]
     contexts = [c.context_len for c in batch.seqs]
 
     def blocks_needed(k: int) -> int:
-        # Steps 1..k-1 write positions context .. context+k-2: the table must hold context+k-1.
-        return sum(max(0, kv.blocks_for(c + k - 1) - t) for c, t in zip(contexts, tables, strict=True))
+        # A sequence's steps 1..n-1 write positions context .. context+n-2: its table must hold
+        # context+n-1. Blocks freed by sequences that finish are not counted on.
+        return sum(max(0, kv.blocks_for(c + min(k, o) - 1) - t) for c, o, t in zip(contexts, own, tables, strict=True))
 
     if blocks_needed(steps) > num_free:
         lo, hi = 1, steps  # blocks_needed(lo) == 0 <= num_free < blocks_needed(hi)
@@ -71,13 +84,14 @@ def lookahead_steps(
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if blocks_needed(mid) <= num_free else (lo, mid)
         steps = lo
-    return steps
+    return [min(steps, o) for o in own]
 
 
 class Horizon:
     """A multi-step result while its modeled time passes: which steps are done, which remain."""
 
-    def __init__(self, procs: list[Process], batch: StepBatch, result: StepResult, started_at: float) -> None:
+    def __init__(self, procs: list[Process], batch: StepBatch, result: StepResult, started_at: float,
+                 seq_steps: list[int] | None = None) -> None:
         self.procs = procs
         self.batch = batch
         self.first = result  # step 0, applied through the scheduler's ordinary apply
@@ -89,6 +103,8 @@ class Horizon:
             self._more.byteswap()
         self._stride = len(self.elapsed) - 1  # tokens per sequence in _more
         self.num_planned = len(self.elapsed)  # steps the driver ran
+        # Steps each sequence takes part in (it leaves the run after them: it has finished).
+        self.seq_steps = [min(n, self.num_planned) for n in seq_steps] if seq_steps else [self.num_planned] * len(procs)
         self.num_steps = self.num_planned  # steps kept; cut() lowers it
         self.num_applied = 0  # steps already applied to the processes
         self._cut_at_stop_tokens()
@@ -116,7 +132,7 @@ class Horizon:
         # the horizon ends with the earliest such step.
         for index, proc in enumerate(self.procs):
             if proc.stop_ids and self._stride:
-                row = self.tokens(index, 1, self.num_steps)
+                row = self.tokens(index, 1, min(self.num_steps, self.seq_steps[index]))
                 for offset, token in enumerate(row):
                     if token in proc.stop_ids:
                         self.num_steps = min(self.num_steps, 1 + offset + 1)

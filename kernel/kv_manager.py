@@ -43,6 +43,7 @@ before the next step that reads those blocks.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,14 +150,14 @@ class KVCacheManager:
         seq = self._seqs.get(pid)
         return list(seq.slots) if seq and seq.slots is not None else []
 
-    def cached_prefix(self, token_ids: list[int], salt: bytes) -> int:
+    def cached_prefix(self, token_ids: Sequence[int], salt: bytes) -> int:
         """Tokens a first allocation of ``token_ids`` would find cached now (no side effects).
 
         The planner uses it to size the chunk: compute starts after the cached tokens.
         """
         return len(self._match_prefix(token_ids, salt)[0]) * self.block_size
 
-    def _match_prefix(self, token_ids: list[int], salt: bytes) -> tuple[list[int], list[BlockHash]]:
+    def _match_prefix(self, token_ids: Sequence[int], salt: bytes) -> tuple[list[int], list[BlockHash]]:
         """The cached blocks (and their hashes) of the longest cached prefix of ``token_ids``.
 
         The last token is never matched: the step must compute it to get logits to sample from.
@@ -183,7 +184,7 @@ class KVCacheManager:
     # -- allocation --------------------------------------------------------------------------
 
     def allocate(
-        self, pid: int, token_ids: list[int], num_tokens: int, salt: bytes, *, reserve: int = 0
+        self, pid: int, token_ids: Sequence[int], num_tokens: int, salt: bytes, *, reserve: int = 0
     ) -> Allocation | None:
         """Grow ``pid``'s table to cover positions [0, num_tokens) of the sequence ``token_ids``.
 
@@ -237,7 +238,7 @@ class KVCacheManager:
         self.num_zeroed += len(to_zero)
         return Allocation(new_blocks, to_zero, len(hit_blocks) * self.block_size, hit_blocks)
 
-    def commit_full_blocks(self, pid: int, token_ids: list[int], num_computed: int) -> int:
+    def commit_full_blocks(self, pid: int, token_ids: Sequence[int], num_computed: int) -> int:
         """Cache ``pid``'s blocks that are full and computed, so later processes can hit them.
 
         Call after a step computed KV for positions [0, num_computed). Hashes are chained

@@ -14,8 +14,9 @@ STOPPED ones keep what they had until SIGCONT.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import trio
 
@@ -90,6 +91,45 @@ class Accounting:
         return dict(self.__dict__)
 
 
+class TokenView(Sequence[int]):
+    """``prompt + output`` as one read-only sequence without concatenating them.
+
+    The KV-cache manager reads a process's tokens block by block (hashing, prefix lookup);
+    building the whole list for that, every time a block fills, would copy the sequence over
+    and over.
+    """
+
+    __slots__ = ("_prompt", "_output")
+
+    def __init__(self, prompt: list[int], output: list[int]) -> None:
+        self._prompt = prompt
+        self._output = output
+
+    def __len__(self) -> int:
+        return len(self._prompt) + len(self._output)
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[int]: ...
+
+    def __getitem__(self, index: int | slice) -> int | list[int]:
+        split = len(self._prompt)
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                return (self._prompt + self._output)[index]
+            if stop <= split:
+                return self._prompt[start:stop]
+            if start >= split:
+                return self._output[start - split : stop - split]
+            return self._prompt[start:] + self._output[: stop - split]
+        if index < 0:
+            index += len(self)
+        return self._prompt[index] if index < split else self._output[index - split]
+
+
 @dataclass(eq=False)  # a process is an identity: compared by ``is``, never field by field
 class Process:
     """One LLM process. Fields are grouped by who changes them."""
@@ -128,6 +168,11 @@ class Process:
 
     # Wake-up for blocked readers: made when a reader asks for it, set by the next notify().
     _changed: trio.Event | None = field(default=None, repr=False)
+
+    @property
+    def tokens(self) -> TokenView:
+        """Prompt followed by the generated tokens, as a view: nothing is copied."""
+        return TokenView(self.prompt_ids, self.output_ids)
 
     @property
     def all_ids(self) -> list[int]:

@@ -103,13 +103,16 @@ class ProcessTable:
         proc.state = state
         proc.state_since = now
 
-    def exit(self, proc: Process, status: ExitStatus) -> None:
-        """Make ``proc`` a zombie with ``status`` and wake its readers and waiters."""
+    def exit(self, proc: Process, status: ExitStatus, at: float | None = None) -> None:
+        """Make ``proc`` a zombie with ``status`` and wake its readers and waiters.
+
+        ``at`` is when it ended, if that was before now (a step of a multi-step run).
+        """
         if proc.state is ProcState.ZOMBIE:
             return
         self.set_state(proc, ProcState.ZOMBIE)
         proc.exit_status = status
-        proc.finished_at = self._clock()
+        proc.finished_at = self._clock() if at is None else at
         proc.notify()
         self._exited.set()
         self._exited = trio.Event()

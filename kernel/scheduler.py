@@ -68,7 +68,12 @@ class _Plan:
     batch: StepBatch | None  # None: only driver work this turn (e.g. freeing a swap handle)
     procs: list[Process]
     ops: list[tuple[str, dict[str, Any], int | None]] = field(default_factory=list)  # (op, args, pid)
-    num_steps: int = 1  # steps the driver runs: the batch, then num_steps-1 decodes of it
+    seq_steps: list[int] | None = None  # multi-step: steps each sequence takes (num_steps = max)
+
+    @property
+    def num_steps(self) -> int:
+        """Steps the driver runs: the batch, then decodes of the sequences still in it."""
+        return max(self.seq_steps) if self.seq_steps else 1
 
 
 class DeviceScheduler:
@@ -165,14 +170,14 @@ class DeviceScheduler:
         for child in children:
             self.submit(child)
 
-    def finish(self, proc: Process, status: ExitStatus) -> None:
-        """End ``proc``: free its blocks and swap, and make it a zombie."""
+    def finish(self, proc: Process, status: ExitStatus, at: float | None = None) -> None:
+        """End ``proc``: free its blocks and swap, and make it a zombie (``at``: when, if not now)."""
         was_alive = proc.alive
         self._forget(proc)
         self._release(proc)
-        self._table.exit(proc, status)
+        self._table.exit(proc, status, at)
         if was_alive:
-            self.policy.on_exit(proc, self._clock())  # exactly once: srpt learns its length
+            self.policy.on_exit(proc, self._clock() if at is None else at)  # exactly once: srpt learns its length
 
     def meminfo(self) -> dict[str, Any]:
         """The device's memory figures plus its preemption counters."""
@@ -238,8 +243,9 @@ class DeviceScheduler:
                 self._record_op(op, pid, reply)
             if plan.batch is None:
                 return
-            args = plan.batch.to_shape_wire() if self.shape_batches else plan.batch.to_wire()
-            if plan.num_steps > 1:
+            multi = plan.seq_steps if plan.num_steps > 1 else None
+            args = plan.batch.to_shape_wire(multi) if self.shape_batches else plan.batch.to_wire()
+            if multi:
                 args["num_steps"] = plan.num_steps
             started = self._clock()
             self.stats.num_driver_calls += 1
@@ -264,7 +270,7 @@ class DeviceScheduler:
             self._in_flight = set()
             self.apply(plan.procs, plan.batch, result)
             return
-        await self._pass_modeled_time(Horizon(plan.procs, plan.batch, result, started))
+        await self._pass_modeled_time(Horizon(plan.procs, plan.batch, result, started, plan.seq_steps))
 
     async def _pass_modeled_time(self, horizon: Horizon) -> None:
         """Let a modeled-time result's steps pass on the kernel's clock, then apply them.
@@ -302,7 +308,12 @@ class DeviceScheduler:
         if num_steps <= horizon.num_applied:
             return
         if is_stateless(self.policy):
-            self._apply_decodes(horizon, horizon.num_applied, num_steps)
+            # In segments that end where a sequence leaves the run, so that what happens at
+            # a step (an exit, the blocks it frees, the blocks taken after) happens in order.
+            begin = horizon.num_applied
+            for end in sorted({n for n in horizon.seq_steps if begin < n < num_steps} | {num_steps}):
+                self._apply_decodes(horizon, begin, end)
+                begin = end
         else:
             for step in range(horizon.num_applied, num_steps):
                 live = [p for p in horizon.procs if p.state is ProcState.RUNNING]
@@ -312,15 +323,19 @@ class DeviceScheduler:
 
     def _apply_decodes(self, horizon: Horizon, first_step: int, stop_step: int) -> None:
         """Record decode steps [first_step, stop_step) of a horizon (step 0 went through apply)."""
+        # Callers pass ranges in which no sequence leaves the run (it may leave at the end).
+        in_run = [i for i, n in enumerate(horizon.seq_steps) if n > first_step]
         num = stop_step - first_step
         elapsed = sum(horizon.elapsed[first_step:stop_step])
         times = horizon.ends[first_step:stop_step]
         self.stats.num_steps += num
-        self.stats.num_tokens += num * len(horizon.procs)
+        self.stats.num_tokens += num * len(in_run)
         self.stats.busy_s += elapsed
-        self.last_batch = (len(horizon.procs), len(horizon.procs))
+        self.last_batch = (len(in_run), len(in_run))
         block_size = self.kv.block_size
-        for index, proc in enumerate(horizon.procs):
+        ended_at = horizon.ends[stop_step - 1]
+        for index in in_run:
+            proc = horizon.procs[index]
             if proc.state is not ProcState.RUNNING:
                 continue  # ended, or stopped and forgotten: its tokens of these steps are dropped
             proc.acct.time_running_s += elapsed
@@ -331,19 +346,18 @@ class DeviceScheduler:
             proc.token_times += times
             if self.kv.blocks_for(proc.num_computed) > self.kv.table_len(proc.pid):
                 # The blocks these steps wrote into, taken now (lookahead_steps checked they are free).
-                all_ids = proc.all_ids
-                allocation = self.kv.allocate(proc.pid, all_ids, proc.num_computed, self._salt_of(proc.tenant))
+                allocation = self.kv.allocate(proc.pid, proc.tokens, proc.num_computed, self._salt_of(proc.tenant))
                 if allocation is None:
                     raise RuntimeError(f"pid {proc.pid}: no KV block for a multi-step run that was checked to fit")
                 if allocation.blocks_to_zero:
                     self._ops.append(("zero_blocks", {"blocks": allocation.blocks_to_zero}, None))
             if proc.num_computed // block_size > before // block_size:
-                self.kv.commit_full_blocks(proc.pid, proc.all_ids, proc.num_computed)
+                self.kv.commit_full_blocks(proc.pid, proc.tokens, proc.num_computed)
             proc.notify()
             if proc.output_ids[-1] in proc.stop_ids:
-                self.finish(proc, ExitStatus(ExitReason.STOP, message="sampled a stop token"))
+                self.finish(proc, ExitStatus(ExitReason.STOP, message="sampled a stop token"), ended_at)
             elif len(proc.output_ids) >= proc.max_tokens:
-                self.finish(proc, ExitStatus(ExitReason.LENGTH, message=f"reached max_tokens={proc.max_tokens}"))
+                self.finish(proc, ExitStatus(ExitReason.LENGTH, message=f"reached max_tokens={proc.max_tokens}"), ended_at)
             elif proc.pending_term and stop_step == horizon.num_steps:
                 self.finish(proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"))
 
@@ -378,7 +392,8 @@ class DeviceScheduler:
         # so prefill chunks only ever take the budget that decodes leave (stall-free batching).
         # Processes below the top fill seats that the top could not use (memory).
         top = ranked[: self.config.max_seqs]
-        decoding, others = [], []
+        decoding: list[Process] = []
+        others: list[Process] = []
         for p in top:
             (decoding if self._decoding(p) else others).append(p)
         order = decoding + others + ranked[self.config.max_seqs :]
@@ -419,16 +434,18 @@ class DeviceScheduler:
             ops, self._ops = self._ops, []
             return _Plan(None, [], ops) if ops else None
         batch = StepBatch(chunks, self.kv.block_size)
-        num_steps = self._plan_lookahead(batch)
+        seq_steps = self._plan_lookahead(batch)
         ops, self._ops = self._ops, []
-        return _Plan(batch, self._chosen, ops, num_steps)
+        return _Plan(batch, self._chosen, ops, seq_steps)
 
-    def _plan_lookahead(self, batch: StepBatch) -> int:
-        """Steps the driver may run for this batch (``horizon.py``); 1 unless it takes shapes."""
+    def _plan_lookahead(self, batch: StepBatch) -> list[int] | None:
+        """Steps each sequence may take in this driver call (``horizon.py``); None: one step."""
         if not (self.modeled_time and self.shape_batches):
-            return 1
+            return None
         limit = min(self.config.max_steps, self.driver_max_steps)
-        return lookahead_steps(self._chosen, batch, self.kv, limit, len(self._running), self._waiting_may_enter())
+        seq_steps = lookahead_steps(self._chosen, batch, self.kv, limit, len(self._running),
+                                    self._waiting_may_enter(), not self._ready)
+        return seq_steps if max(seq_steps) > 1 else None
 
     def _waiting_may_enter(self) -> bool:
         """Whether a waiting process might join the batch in a later step of this plan's horizon.
@@ -478,14 +495,14 @@ class DeviceScheduler:
             proc.num_computed = chunk.context_len
             if chunk.context_len // batch.block_size > chunk.start_pos // batch.block_size:
                 # A block filled up this step: it may now be shared through the prefix cache.
-                self.kv.commit_full_blocks(proc.pid, proc.all_ids, proc.num_computed)
+                self.kv.commit_full_blocks(proc.pid, proc.tokens, proc.num_computed)
             if chunk.sample and proc.state is ProcState.STOPPED:
                 # Stopped while this step ran: drop the token so nothing appears after
                 # kill -STOP returned. Sampling is stateless, so after SIGCONT the same token
                 # is drawn again from the last position, whose KV we rewrite identically.
                 proc.num_computed -= 1
                 if proc.pending_term:
-                    self.finish(proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"))
+                    self.finish(proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"), now)
                 continue
             if chunk.sample and token is not None:
                 proc.output_ids.append(int(token))
@@ -494,11 +511,11 @@ class DeviceScheduler:
                     proc.first_token_at = now
                 proc.notify()
                 if token in proc.stop_ids:
-                    self.finish(proc, ExitStatus(ExitReason.STOP, message="sampled a stop token"))
+                    self.finish(proc, ExitStatus(ExitReason.STOP, message="sampled a stop token"), now)
                 elif len(proc.output_ids) >= proc.max_tokens:
-                    self.finish(proc, ExitStatus(ExitReason.LENGTH, message=f"reached max_tokens={proc.max_tokens}"))
+                    self.finish(proc, ExitStatus(ExitReason.LENGTH, message=f"reached max_tokens={proc.max_tokens}"), now)
             if proc.pending_term and proc.alive:
-                self.finish(proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"))
+                self.finish(proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"), now)
 
     def reset_kv(self) -> None:
         """Every KV block and swapped copy of this device is gone: recompute everyone."""
@@ -569,16 +586,16 @@ class DeviceScheduler:
                 self._ops.append(("swap_in", {"blocks": [d for _, d in pairs], "handle": handle}, proc.pid))
         salt = self._salt_of(proc.tenant)
         first = not self.kv.table(proc.pid)
-        start = max(proc.num_computed, self.kv.cached_prefix(proc.all_ids, salt) if first else 0)
+        start = max(proc.num_computed, self.kv.cached_prefix(proc.tokens, salt) if first else 0)
         num_tokens = start + min(proc.num_tokens - start, budget)
-        allocation = self.kv.allocate(proc.pid, proc.all_ids, num_tokens, salt, reserve=reserve)
+        allocation = self.kv.allocate(proc.pid, proc.tokens, num_tokens, salt, reserve=reserve)
         while allocation is None:
             if not self._reclaim_stopped(self.kv.blocks_for(num_tokens)):
                 victims = self._victims_below(proc)
                 if not victims:
                     return None
                 self._preempt(victims[-1])  # a more important arrival takes memory from the least
-            allocation = self.kv.allocate(proc.pid, proc.all_ids, num_tokens, salt, reserve=reserve)
+            allocation = self.kv.allocate(proc.pid, proc.tokens, num_tokens, salt, reserve=reserve)
         if allocation.blocks_to_zero:
             self._ops.append(("zero_blocks", {"blocks": allocation.blocks_to_zero}, None))
         if first and allocation.num_cached_tokens > proc.num_computed:
@@ -609,7 +626,7 @@ class DeviceScheduler:
                 pairs = self.kv.prepare_write(proc.pid, proc.num_computed, num_tokens)
                 if pairs is not None:
                     break
-            allocation = self.kv.allocate(proc.pid, proc.all_ids, num_tokens, salt)
+            allocation = self.kv.allocate(proc.pid, proc.tokens, num_tokens, salt)
             if allocation is not None and allocation.blocks_to_zero:
                 self._ops.append(("zero_blocks", {"blocks": allocation.blocks_to_zero}, None))
             pairs = None if allocation is None else self.kv.prepare_write(proc.pid, proc.num_computed, num_tokens)

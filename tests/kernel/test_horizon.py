@@ -34,11 +34,12 @@ def run_twice(scenario, **overrides):
 
 
 def timed_outputs(kernel, pids):
-    """What each process produced and when: (tokens, token times, exit reason)."""
+    """What each process produced and when: (tokens, token times, exit reason, exit time)."""
     out = {}
     for pid in pids:
         proc = kernel.table.procs[pid]
-        out[pid] = (list(proc.output_ids), list(proc.token_times), proc.exit_status and proc.exit_status.reason)
+        out[pid] = (list(proc.output_ids), list(proc.token_times), proc.exit_status and proc.exit_status.reason,
+                    proc.finished_at)
     return out
 
 
@@ -60,7 +61,7 @@ def test_arrivals_and_exits_give_identical_schedules():
 
     one, multi, calls = run_twice(scenario, kv_blocks=256, max_batch_tokens=64, max_seqs=8)
     assert one == multi
-    assert all(len(tokens) == n for (tokens, _, _), (_, n) in zip(one.values(), lengths, strict=True))
+    assert all(len(tokens) == n for (tokens, *_), (_, n) in zip(one.values(), lengths, strict=True))
 
 
 def test_signals_in_the_middle_of_a_multi_step_run():
@@ -79,7 +80,7 @@ def test_signals_in_the_middle_of_a_multi_step_run():
 
     one, multi, calls = run_twice(scenario, kv_blocks=256)
     assert one == multi
-    tokens, _, _ = one[min(one)]
+    tokens, *_ = one[min(one)]
     assert len(tokens) == 200  # the stopped one finished after SIGCONT
 
 
@@ -105,3 +106,20 @@ def test_memory_pressure_and_preemption_give_identical_schedules():
     (one, preemptions_one), (multi, preemptions_multi), _ = run_twice(scenario, kv_blocks=48)
     assert one == multi
     assert preemptions_one == preemptions_multi > 0
+
+
+def test_processes_finishing_inside_a_multi_step_run_leave_it_at_their_step():
+    # Nobody waits, so one driver call runs until the last process ends; each leaves the batch
+    # at its own length, and the steps after it are modeled without it.
+    lengths = [(8, 5), (8, 17), (8, 40), (8, 41), (8, 90)]
+
+    async def scenario(kernel, llm):
+        pids = await spawn_staggered(llm, lengths, 0.0)
+        await trio.sleep(10)
+        return timed_outputs(kernel, pids)
+
+    one, multi, calls = run_twice(scenario, kv_blocks=512)
+    assert one == multi
+    for (tokens, times, _, finished_at), (_, n) in zip(one.values(), lengths, strict=True):
+        assert len(tokens) == n and finished_at == times[-1]
+    assert calls <= 6

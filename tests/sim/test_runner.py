@@ -51,6 +51,16 @@ def test_multi_step_runs_do_not_change_any_metric(tmp_path):
     assert sum(r.preemptions for r in multi.records) > 0  # the pool was tight enough to matter
 
 
+def test_multi_step_runs_are_exact_when_nobody_waits_too(tmp_path):
+    # A roomy pool: processes finish inside multi-step runs instead of ending them.
+    roomy = {"kv_blocks": 20000, "max_seqs": 256}
+    stepwise, multi = run_simulation(small(max_steps=1, **roomy)), run_simulation(small(**roomy))
+    one, many = files_of(stepwise, tmp_path, "one"), files_of(multi, tmp_path, "multi")
+    assert one["requests.csv"] == many["requests.csv"]
+    assert one["token_times.csv"] == many["token_times.csv"]
+    assert multi.num_driver_calls < stepwise.num_driver_calls / 4
+
+
 def test_every_request_completes_with_its_length_and_consistent_times():
     result = run_simulation(small())
     assert len(result.records) == 120
