@@ -1,291 +1,237 @@
-"""llmsh: a shell for LLM processes (first form: commands, scripts, exit codes).
+"""llmsh: a shell for LLM processes.
 
     llmsh                              # boots a kernel in-process with the default model
     llmsh --socket /tmp/llmos.sock     # attaches to a running kernel
     llmsh -c 'run --max-tokens 20 "def main():"; ps'
     llmsh script.llmsh
 
-Commands: run (``&`` for the background), jobs, fg, bg, ps, kill, wait, nice, fork, free,
-uname, help, exit; ``%N`` names job N. Errors read like a shell's
-(``llmsh: kill: 999: no such process (ESRCH)``); the exit status is the last command's: 0 on
-success, 1 when a syscall failed, 2 for a usage error, 127 for an unknown command.
-Ctrl-Z, pipes, redirection, ``top`` and line editing come with the shell issue.
+On a terminal, lines are edited with prompt_toolkit: history (kept in ``$LLMOS_HOME/llmsh_history``,
+else ``~/.llmsh_history``), Ctrl-R search, Tab completes command names and job specs; Ctrl-C
+cancels the line, Ctrl-D leaves. Otherwise lines are read plainly from stdin, ``-c`` or a script.
+
+The modules: llmsh_parse (grammar), llmsh_shell (pipelines, signals, the foreground),
+llmsh_jobs (job control), llmsh_builtins (the other commands), llmsh_top (``top``).
+Exit status is the last command's, as in sh; see llmsh_shell.
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
+import inspect
+import os
+import re
+import signal
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any, TextIO
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Protocol
 
 import trio
+from prompt_toolkit import PromptSession
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.document import Document
+from prompt_toolkit.history import FileHistory
+from prompt_toolkit.key_binding import KeyBindings
 
-from llmos.kernel.errors import ERRNO_NAMES
 from llmos.kernel.kernel import open_kernel
 
 from . import libllm
-from .inspect import PS_COLUMNS, format_meminfo, format_table
+from .llmsh_jobs import SIGNAL_NUMBERS, STATUS_INTERRUPTED
+from .llmsh_parse import ShellExit, split_commands
+from .llmsh_shell import FAILED, NOT_FOUND, USAGE, Shell
 from .system import add_system_arguments, build_config, options_from_args
 
-OK, FAILED, USAGE, NOT_FOUND = 0, 1, 2, 127
+PROMPT = "llmsh$ "
+# A thread blocked reading stdin is left behind when Ctrl-C ends the shell (trio < 0.23 spells it "cancellable").
+ABANDON_ON_CANCEL = {"abandon_on_cancel" if "abandon_on_cancel" in inspect.signature(trio.to_thread.run_sync).parameters
+                     else "cancellable": True}
+
+__all__ = ["main", "split_commands", "Shell", "CommandCompleter", "history_path"]
 
 
-class UsageError(Exception):
-    """Bad arguments to a shell command (status 2)."""
+def history_path() -> Path:
+    """``$LLMOS_HOME/llmsh_history`` if LLMOS_HOME is set, else ``~/.llmsh_history``."""
+    home = os.environ.get("LLMOS_HOME")
+    return Path(home) / "llmsh_history" if home else Path.home() / ".llmsh_history"
 
 
-class Shell:
-    """Runs command lines against one kernel connection."""
+def load_history(path: Path) -> list[str]:
+    """The lines saved in a history file, oldest first (none if it cannot be read)."""
+    try:
+        return list(reversed(list(FileHistory(str(path)).load_history_strings())))
+    except OSError:
+        return []
 
-    def __init__(self, llm: libllm.Client, out: TextIO) -> None:
-        self.llm = llm
-        self.out = out
-        self.jobs: dict[int, int] = {}  # job number -> pid, for background runs
-        self.next_job = 0
-        self.text_jobs: dict[int, bool] = {}  # pid -> whether its prompt was text (decode output)
-        self.commands: dict[str, Callable[[list[str]], Awaitable[None]]] = {
-            "run": self.do_run, "jobs": self.do_jobs, "fg": self.do_fg, "bg": self.do_bg,
-            "ps": self.do_ps, "kill": self.do_kill, "wait": self.do_wait,
-            "nice": self.do_nice, "fork": self.do_fork, "free": self.do_free, "uname": self.do_uname,
-            "help": self.do_help,
-        }
 
-    async def run_line(self, line: str) -> int:
-        """Run every ``;``-separated command of a line; returns the last one's status."""
-        status = OK
-        for command in split_commands(line):
-            status = await self.run_command(command)
+# -- reading lines -------------------------------------------------------------------------------
+
+
+class LineReader(Protocol):
+    """Where the shell's lines come from."""
+
+    tty: bool  # a person at a terminal: job notices before each prompt, a warning about stopped jobs
+    records_history: bool  # the lines go into ``history``
+
+    async def read_line(self) -> str | None:
+        """The next line; None at the end of input (Ctrl-D). KeyboardInterrupt: Ctrl-C at the prompt."""
+        ...
+
+
+class ScriptReader:
+    """Lines of ``-c`` or a script file; not interactive."""
+
+    tty = False
+    records_history = False
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self.lines = list(lines)
+
+    async def read_line(self) -> str | None:
+        return self.lines.pop(0) if self.lines else None
+
+
+class PlainReader:
+    """Lines from a stdin that is not a terminal: no prompt, no line editing."""
+
+    tty = False
+    records_history = True
+
+    async def read_line(self) -> str | None:
+        line = await trio.to_thread.run_sync(sys.stdin.readline, **ABANDON_ON_CANCEL)
+        return line.rstrip("\n") if line else None
+
+
+class TerminalReader:
+    """prompt_toolkit on a terminal: line editing, a persistent history, Tab completion.
+
+    The prompt runs in a worker thread (prompt_toolkit brings its own asyncio loop) while the
+    trio loop waits; the terminal is in raw mode then, so Ctrl-C arrives as a key and the
+    prompt raises KeyboardInterrupt; Ctrl-D on an empty line ends the input.
+    """
+
+    tty = True
+    records_history = True
+
+    def __init__(self, shell: Shell, path: Path) -> None:
+        keys = KeyBindings()
+
+        @keys.add("c-z")
+        def _ignore(event: Any) -> None:
+            """Ctrl-Z at the prompt stops nothing (prompt_toolkit would insert ^Z)."""
+
+        self.session: PromptSession[str] = PromptSession(
+            history=QuietFileHistory(str(path)), completer=CommandCompleter(shell),
+            complete_while_typing=False, key_bindings=keys)
+
+    async def read_line(self) -> str | None:
+        try:
+            return await trio.to_thread.run_sync(self.session.prompt, PROMPT)
+        except EOFError:
+            return None
+
+
+class QuietFileHistory(FileHistory):
+    """A FileHistory that keeps going (unsaved) if its file cannot be written."""
+
+    def store_string(self, string: str) -> None:
+        try:
+            Path(os.fsdecode(self.filename)).parent.mkdir(parents=True, exist_ok=True)
+            super().store_string(string)
+        except OSError:
+            pass
+
+
+class CommandCompleter(Completer):
+    """Tab completion: command names, job specs (``%1``), signal names after ``kill -``."""
+
+    def __init__(self, shell: Shell) -> None:
+        self.shell = shell
+
+    def candidates(self, before_cursor: str) -> tuple[str, list[str]]:
+        """The word being typed and what it may become."""
+        segment = re.split(r"[;|&]", before_cursor)[-1]
+        words = segment.split()
+        current = words[-1] if words and not segment[-1].isspace() else ""
+        previous = words[:-1] if current else words
+        if not previous:
+            options = list(self.shell.commands)
+        elif current.startswith("%"):
+            options = [f"%{job.number}" for job in self.shell.jobs]
+        elif previous[0] == "kill" and current.startswith("-"):
+            options = ["-" + name.removeprefix("SIG") for name in SIGNAL_NUMBERS]
+        elif previous[0] == "help":
+            options = list(self.shell.commands)
+        else:
+            options = []
+        return current, [option for option in options if option.startswith(current)]
+
+    def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterator[Completion]:
+        current, options = self.candidates(document.text_before_cursor)
+        for option in options:
+            yield Completion(option, start_position=-len(current))
+
+
+# -- the loop ------------------------------------------------------------------------------------
+
+
+async def interact(shell: Shell, reader: LineReader) -> int:
+    """Read and run lines until exit or end of input; returns the shell's exit status."""
+    warned = False  # about stopped jobs, once, as sh does
+    while True:
+        if reader.tty:
+            await shell.notify_finished_jobs()
+        try:
+            line = await reader.read_line()
+        except KeyboardInterrupt:  # Ctrl-C at the prompt cancels the line
+            shell.status = STATUS_INTERRUPTED
+            continue
+        status = None
+        if line is None:
+            if reader.tty:
+                shell.terminal.write("exit\n")
+            status = shell.status
+        elif line.strip():
+            if reader.records_history:
+                shell.history.append(line)
+            try:
+                await shell.run_line(line)
+            except ShellExit as leave:
+                status = leave.status
+            except KeyboardInterrupt:  # between two commands, outside their signal handling
+                shell.status = STATUS_INTERRUPTED
+        if status is None:
+            continue
+        if reader.tty and not warned and await shell.stopped_jobs():
+            shell.error("there are stopped jobs; exit again to end them")
+            warned = True
+            continue
         return status
 
-    async def run_command(self, words: list[str]) -> int:
-        """Run one command; errors are printed like a shell's and become the status."""
-        name, args = words[0], words[1:]
-        handler = self.commands.get(name)
-        if handler is None:
-            self.error(f"{name}: command not found")
-            return NOT_FOUND
-        try:
-            await handler(args)
-        except UsageError as exc:
-            self.error(f"{name}: {exc}")
-            return USAGE
-        except libllm.LLMOSError as exc:
-            target = f"{args[-1]}: " if name in ("kill", "wait", "nice", "fork") and args else ""
-            self.error(f"{name}: {target}{ERRNO_NAMES[exc.errno]} ({exc.errno}): {exc.message}")
-            return FAILED
-        return OK
 
-    def error(self, text: str) -> None:
-        print(f"llmsh: {text}", file=sys.stderr, flush=True)
-
-    def say(self, text: str = "", end: str = "\n") -> None:
-        print(text, end=end, file=self.out, flush=True)
-
-    # -- commands ----------------------------------------------------------------------------
-
-    async def do_run(self, args: list[str]) -> None:
-        """run [--max-tokens N] [--temperature T] [--seed S] [--nice N] [--ids 1,2,3 | PROMPT] [&]"""
-        background = bool(args) and args[-1] == "&"
-        options = parse_run_args(args[:-1] if background else args)
-        pid = await self.llm.spawn(**options)
-        self.text_jobs[pid] = "prompt" in options
-        if background:
-            self.next_job += 1
-            self.jobs[self.next_job] = pid
-            self.say(f"[{self.next_job}] {pid}")
-            return
-        await self._foreground(pid)
-
-    async def _foreground(self, pid: int) -> None:
-        """Stream a process's output to the terminal, then reap it (Ctrl-C kills it)."""
-        try:
-            async for tokens in self.llm.stream(pid):
-                text = await self.llm.detokenize(tokens) if self.text_jobs.get(pid) else " ".join(map(str, tokens)) + " "
-                self.say(text, end="")
-        except KeyboardInterrupt:
-            await self.llm.kill(pid, "SIGKILL")
-        result = await self.llm.wait(pid)
-        self._forget_job(pid)
-        self.say()
-        if result.exit.get("errno"):
-            raise libllm.ERRORS[result.exit["errno"]](result.exit["errno"], result.exit["message"])
-
-    async def do_jobs(self, args: list[str]) -> None:
-        """jobs: this shell's background jobs and their states"""
-        self._no_args("jobs", args)
-        for job, pid in sorted(self.jobs.items()):
-            stat = await self.llm.stat(pid)
-            state = "Done" if stat["state"] == "ZOMBIE" else stat["state"].capitalize()
-            self.say(f"[{job}] {pid:>6}  {state:<8} {stat['generated_tokens']}/{stat['max_tokens']} tokens")
-
-    async def do_fg(self, args: list[str]) -> None:
-        """fg [%JOB|PID]: continue a job in the foreground and stream its output"""
-        pid = self._job_pid(args)
-        await self.llm.kill(pid, "SIGCONT")
-        await self._foreground(pid)
-
-    async def do_bg(self, args: list[str]) -> None:
-        """bg [%JOB|PID]: let a stopped job run on in the background"""
-        await self.llm.kill(self._job_pid(args), "SIGCONT")
-
-    def _job_pid(self, args: list[str]) -> int:
-        """The pid a job spec names: %N, a pid, or (none given) the newest job."""
-        if not args:
-            if not self.jobs:
-                raise UsageError("no current job")
-            return self.jobs[max(self.jobs)]
-        return self._pid(args)
-
-    def _forget_job(self, pid: int) -> None:
-        self.text_jobs.pop(pid, None)
-        for job, job_pid in list(self.jobs.items()):
-            if job_pid == pid:
-                del self.jobs[job]
-
-    async def do_ps(self, args: list[str]) -> None:
-        """ps: one row per process"""
-        self._no_args("ps", args)
-        self.say(format_table(await self.llm.ps(), PS_COLUMNS))
-
-    async def do_kill(self, args: list[str]) -> None:
-        """kill [-SIGNAL] PID: send SIGTERM (default), SIGKILL, SIGSTOP or SIGCONT"""
-        signal = "SIGTERM"
-        if args and args[0].startswith("-"):
-            signal, args = args[0][1:], args[1:]
-            signal = int(signal) if signal.isdigit() else signal
-        await self.llm.kill(self._pid(args), signal)
-
-    async def do_wait(self, args: list[str]) -> None:
-        """wait [PID]: wait for a process this shell started, print how it ended"""
-        result = await self.llm.wait(self._pid(args) if args else None)
-        self._forget_job(result.pid)
-        self.say(f"[{result.pid}] {result.finish_reason}: {result.exit['message']} ({len(result.output_ids)} tokens)")
-
-    async def do_nice(self, args: list[str]) -> None:
-        """nice PID VALUE: set a process's nice value (-20..19)"""
-        if len(args) != 2 or not args[1].lstrip("-").isdigit():
-            raise UsageError("usage: nice PID VALUE")
-        await self.llm.nice(self._pid(args[:1]), int(args[1]))
-
-    async def do_fork(self, args: list[str]) -> None:
-        """fork PID [N]: N children continue from the process's tokens"""
-        if not args or len(args) > 2 or (len(args) == 2 and not args[1].isdigit()):
-            raise UsageError("usage: fork PID [N]")
-        pids = await self.llm.fork(self._pid(args[:1]), int(args[1]) if len(args) == 2 else 1)
-        self.say(" ".join(map(str, pids)))
-
-    async def do_free(self, args: list[str]) -> None:
-        """free: KV memory per device"""
-        self._no_args("free", args)
-        self.say(format_meminfo((await self.llm.call("meminfo"))["devices"]))
-
-    async def do_uname(self, args: list[str]) -> None:
-        """uname: the kernel, its devices and servers"""
-        self._no_args("uname", args)
-        info = await self.llm.uname()
-        self.say(f"LLMOS {info['version']}, policy {info['policy']}, {info['num_processes']} processes")
-        for d in info["devices"]:
-            kind = f"{d['kind']}, emulated" if d["emulated"] else d["kind"]
-            self.say(f"  {d['name']} ({kind}): model {d['model']}, KV {d['kv_blocks_used']}/{d['kv_blocks_total']} blocks")
-
-    async def do_help(self, args: list[str]) -> None:
-        """help: this list"""
-        for name, handler in self.commands.items():
-            self.say(f"  {(handler.__doc__ or name).splitlines()[0]}")
-        self.say("  exit [STATUS]")
-
-    def _pid(self, args: list[str]) -> int:
-        """One process id, or %N for job N of this shell."""
-        if len(args) == 1 and args[0].startswith("%") and args[0][1:].isdigit():
-            job = int(args[0][1:])
-            if job not in self.jobs:
-                raise UsageError(f"{args[0]}: no such job")
-            return self.jobs[job]
-        if len(args) != 1 or not args[0].isdigit():
-            raise UsageError("expected one process id or %job")
-        return int(args[0])
-
-    @staticmethod
-    def _no_args(name: str, args: list[str]) -> None:
-        if args:
-            raise UsageError(f"{name} takes no arguments")
-
-
-def split_commands(line: str) -> list[list[str]]:
-    """Words of each ``;``-separated command, shell-quoted; comments (#) dropped."""
-    lexer = shlex.shlex(line, posix=True, punctuation_chars=";")
-    lexer.whitespace_split = True
-    lexer.commenters = "#"
-    commands, current = [], []
-    for word in lexer:
-        if set(word) == {";"}:  # punctuation_chars groups runs such as ";;"
-            if current:
-                commands.append(current)
-            current = []
-        else:
-            current.append(word)
-    if current:
-        commands.append(current)
-    return commands
-
-
-def parse_run_args(args: list[str]) -> dict[str, Any]:
-    """spawn options from ``run``'s arguments."""
-    parser = argparse.ArgumentParser(prog="run", add_help=False, exit_on_error=False)
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--nice", type=int, default=0)
-    parser.add_argument("--ids", default=None)
-    parser.add_argument("prompt", nargs="*")
-    try:
-        ns = parser.parse_args(args)
-    except (argparse.ArgumentError, SystemExit) as exc:
-        raise UsageError(f"{exc}; usage: run [--max-tokens N] [--temperature T] [--seed S] [--nice N] [--ids 1,2,3 | PROMPT]") from None
-    options: dict[str, Any] = {"max_tokens": ns.max_tokens, "temperature": ns.temperature, "seed": ns.seed, "nice": ns.nice}
-    if (ns.ids is None) == (not ns.prompt):
-        raise UsageError("give a PROMPT or --ids, not both")
-    if ns.ids is not None:
-        try:
-            options["prompt_ids"] = [int(x) for x in ns.ids.split(",") if x]
-        except ValueError:
-            raise UsageError(f"--ids {ns.ids!r}: expected comma-separated integers") from None
-    else:
-        options["prompt"] = " ".join(ns.prompt)
-    return options
-
-
-async def interact(shell: Shell, lines: list[str] | None) -> int:
-    """Run script lines, or read lines from the terminal until exit or end of input."""
-    status = OK
-    interactive = lines is None
-    while True:
-        if interactive:
-            try:
-                line = await trio.to_thread.run_sync(input, "llmsh$ ")
-            except EOFError:
-                shell.say()
-                return status
-        elif not lines:
-            return status
-        else:
-            line = lines.pop(0)
-        commands = split_commands(line) if line.strip() else []
-        for words in commands:
-            if words[0] == "exit":
-                return int(words[1]) if len(words) > 1 and words[1].isdigit() else status
-            status = await shell.run_command(words)
-
-
-async def main_async(args: argparse.Namespace, lines: list[str] | None) -> int:
-    """Connect (or boot) and run the shell."""
+@asynccontextmanager
+async def connect(args: argparse.Namespace) -> AsyncIterator[tuple[libllm.Client, str]]:
+    """A connection to the kernel at ``--socket``, or to one booted in-process; and its name."""
     if args.socket:
         async with libllm.open_client(args.socket) as llm:
-            return await interact(Shell(llm, sys.stdout), lines)
+            yield llm, args.socket
+        return
     async with open_kernel(build_config(options_from_args(args))) as kernel, libllm.open_client(kernel) as llm:
-        return await interact(Shell(llm, sys.stdout), lines)
+        yield llm, "an in-process kernel"
+
+
+async def main_async(args: argparse.Namespace, make_reader: Callable[[Shell], LineReader]) -> int:
+    """Connect (or boot) and run the shell."""
+    async with connect(args) as (llm, where):
+        shell = Shell(llm, sys.stdout, tty=False)
+        reader = make_reader(shell)
+        shell.tty = reader.tty
+        shell.history = load_history(history_path())
+        if reader.tty:
+            info = await llm.uname()
+            devices = ", ".join(f"{d['name']} ({d['model']})" for d in info["devices"])
+            shell.say(f"LLMOS {info['version']} on {where}: {devices}. help lists the commands.")
+        return await interact(shell, reader)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,9 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket", default=None, help="attach to the kernel serving this socket")
     add_system_arguments(parser)
     args = parser.parse_args(argv)
-    lines: list[str] | None = None
     if args.command is not None:
-        lines = [args.command]
+        lines: list[str] | None = [args.command]
     elif args.script is not None:
         try:
             with open(args.script, encoding="utf-8") as file:
@@ -306,8 +251,20 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             print(f"llmsh: {args.script}: {exc.strerror} (ENOENT)", file=sys.stderr)
             return NOT_FOUND
+    else:
+        lines = None
+    terminal = lines is None and sys.stdin.isatty() and sys.stdout.isatty()
+
+    def make_reader(shell: Shell) -> LineReader:
+        if lines is not None:
+            return ScriptReader(lines)
+        return TerminalReader(shell, history_path()) if terminal else PlainReader()
+
+    # On a terminal the shell itself is never stopped by Ctrl-Z (sh ignores SIGTSTP too);
+    # while a job runs in the foreground the shell catches it and stops the job instead.
+    previous = signal.signal(signal.SIGTSTP, signal.SIG_IGN) if terminal else None
     try:
-        return trio.run(main_async, args, lines)
+        return trio.run(main_async, args, make_reader)
     except ValueError as exc:
         print(f"llmsh: {exc} (EINVAL)", file=sys.stderr)
         return USAGE
@@ -315,7 +272,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"llmsh: {exc.message} ({exc.errno})", file=sys.stderr)
         return FAILED
     except KeyboardInterrupt:
-        return 130
+        return STATUS_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTSTP, previous)
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:  # nobody reads stdout any more; keep Python from complaining at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":
