@@ -25,6 +25,13 @@ log = logging.getLogger(__name__)
 
 Dispatch = Callable[[codec.Request], Awaitable[Any]]
 
+# A request with this op asks the server to cancel the caller's request ``args["id"]``, still
+# running. A caller whose wait for a reply is cancelled sends it, so that a blocking call it gave
+# up on does not go on to take effect unseen (a ``wait`` would reap a child and lose its status).
+# The cancelled request is answered ECANCELED; the cancel request itself with {"cancelled": bool}.
+CANCEL_OP = "cancel"
+CANCEL_SEND_TIMEOUT_S = 1.0  # longest a cancelled caller spends telling the server
+
 
 async def serve_stream(
     stream: MessageStream,
@@ -46,6 +53,7 @@ async def serve_stream(
     """
     async with trio.open_nursery() as nursery:
         in_flight = trio.CapacityLimiter(params.MAX_PENDING_PER_CONNECTION)
+        running: dict[int, trio.CancelScope] = {}  # blocking requests being answered, by id
         served = 0
         while True:
             served += 1
@@ -68,6 +76,13 @@ async def serve_stream(
             except KernelError as error:
                 await _send_quietly(stream, codec.make_error(codec.request_id_of(message), error))
                 continue
+            if request.op == CANCEL_OP:
+                target = request.args.get("id")
+                scope = running.get(target) if type(target) is int else None
+                if scope is not None:
+                    scope.cancel()
+                await _send_quietly(stream, codec.make_reply(request.id, {"cancelled": scope is not None}))
+                continue
             if request.op in blocking_ops:
                 borrower = object()  # one token per request, released when it is answered
                 try:
@@ -76,7 +91,7 @@ async def serve_stream(
                     busy = KernelError("EAGAIN", f"more than {params.MAX_PENDING_PER_CONNECTION} requests in flight")
                     await _send_quietly(stream, codec.make_error(request.id, busy))
                     continue
-                nursery.start_soon(_answer, stream, dispatch, request, crash_on_bug, in_flight, borrower)
+                nursery.start_soon(_answer, stream, dispatch, request, crash_on_bug, in_flight, borrower, running)
             else:
                 await _answer(stream, dispatch, request, crash_on_bug)
         nursery.cancel_scope.cancel()
@@ -89,10 +104,17 @@ async def _answer(
     crash_on_bug: bool,
     limiter: trio.CapacityLimiter | None = None,
     borrower: object = None,
+    running: dict[int, trio.CancelScope] | None = None,
 ) -> None:
     try:
         try:
-            reply = codec.make_reply(request.id, await dispatch(request))
+            with trio.CancelScope() as scope:
+                if running is not None:
+                    running[request.id] = scope
+                result = await dispatch(request)
+            if scope.cancelled_caught:
+                raise KernelError("ECANCELED", f"{request.op}: cancelled by the caller")
+            reply = codec.make_reply(request.id, result)
         except KernelError as error:
             reply = codec.make_error(request.id, error)
         except (trio.Cancelled, trio.EndOfChannel):
@@ -104,6 +126,8 @@ async def _answer(
             reply = codec.make_error(request.id, KernelError("EIO", f"internal error in {request.op}: {type(exc).__name__}: {exc}"))
         await _send_quietly(stream, reply)
     finally:
+        if running is not None:
+            running.pop(request.id, None)
         if limiter is not None:
             limiter.release_on_behalf_of(borrower)
 
@@ -154,12 +178,17 @@ class RpcClient:
                 await self.stream.send(codec.make_request(request_id, op, args or {}))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.fail_all(KernelError("EIO", "the peer closed the connection"))
-            while waiter.outcome is _UNSET:
-                if not self._reading:
-                    await self._read_until(waiter)
-                else:
-                    await waiter.event.wait()  # our reply, or a nudge to take over reading
-                    waiter.event = trio.Event()
+            try:
+                while waiter.outcome is _UNSET:
+                    if not self._reading:
+                        await self._read_until(waiter)
+                    else:
+                        await waiter.event.wait()  # our reply, or a nudge to take over reading
+                        waiter.event = trio.Event()
+            except trio.Cancelled:
+                if waiter.outcome is _UNSET and self._closed_error is None:
+                    await self._send_cancel(request_id)
+                raise
         finally:
             del self._waiters[request_id]
             if not self._reading:
@@ -172,6 +201,17 @@ class RpcClient:
         if isinstance(waiter.outcome, KernelError):
             raise waiter.outcome
         return waiter.outcome
+
+    async def _send_cancel(self, request_id: int) -> None:
+        """Ask the server to cancel ``request_id`` (best effort, shielded, briefly)."""
+        cancel_id = self._next_id
+        self._next_id += 1
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + CANCEL_SEND_TIMEOUT_S
+            try:
+                await self.stream.send(codec.make_request(cancel_id, CANCEL_OP, {"id": request_id}))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, KernelError, OSError):
+                pass  # the connection is going anyway
 
     async def _read_until(self, waiter: _Waiter) -> None:
         """Read and route replies until ``waiter`` has one; then hand reading to another caller."""

@@ -1,0 +1,34 @@
+"""A caller that gives up on a blocking call cancels it in the kernel too."""
+
+from __future__ import annotations
+
+import trio
+
+from llmos.userland import libllm
+
+
+async def test_a_cancelled_wait_does_not_reap_the_child(autojump_clock, llm):
+    pid = await llm.spawn(prompt_ids=[1, 2, 3], max_tokens=200, ignore_eos=True)
+    with trio.move_on_after(0.05):
+        await llm.wait(pid)  # given up on long before the process ends
+    status = await llm.wait(pid)  # the exit status is still there to collect
+    assert status.pid == pid and len(status.output_ids) == 200
+
+
+async def test_a_cancelled_read_frees_its_slot_and_later_calls_work(autojump_clock, llm):
+    pid = await llm.spawn(prompt_ids=[1, 2, 3], max_tokens=60000, ignore_eos=True)
+    await llm.kill(pid, "SIGSTOP")  # a read past its output now blocks until SIGCONT
+    for _ in range(300):  # more than a connection may have in flight, if they were not cancelled
+        with trio.move_on_after(0.001):
+            await llm.read(pid, offset=10**6)
+    await llm.kill(pid, "SIGKILL")
+    assert (await llm.wait(pid)).finish_reason == "signal"
+
+
+async def test_cancelling_an_unknown_request_is_harmless(autojump_clock, llm):
+    assert await llm.call("cancel", id=12345) == {"cancelled": False}
+    assert await llm.call("getpid") is not None
+    try:
+        await llm.call("cancel", id="x")
+    except libllm.LLMOSError:
+        pass
