@@ -4,6 +4,12 @@
 through ``kernel.open_stream(...)`` (in-process) or a Unix socket (``serve_unix``). The kernel
 knows drivers and services only as factories of servers that it connects to by message
 streams and registers by name; it imports neither layer.
+
+Services reach each other by name too: a ``ServiceLink`` made with ``KernelConfig.link(name)``
+before boot is an async ``call(op, args)`` that the kernel binds to its name server, so the
+models service calls the security service without knowing where it runs. Syscalls reach a
+service through ``Kernel.call_service`` (ENOSYS if the kernel was configured without it).
+Models loaded at run time (``model_load``) become devices of their own: see ``residency.py``.
 """
 
 from __future__ import annotations
@@ -11,10 +17,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,15 +36,19 @@ from .names import NameServer
 from .policy import make_policy
 from .process import ExitReason, ExitStatus, ProcState, Signal
 from .proctable import ProcessTable, Session
+from .residency import ModelResidency
 from .rpc import serve_stream
 from .scheduler import DeviceScheduler, SchedulerConfig
 from .streams import FramedMessageStream, MemoryMessageStream, memory_stream_pair, peer_credentials
-from .supervisor import ServerFactory, Supervisor
+from .supervisor import RestartHook, ServerFactory, Supervisor
 from .syscalls import BLOCKING_SYSCALLS, SYSCALLS
 
 VERSION = "0.1.0"
 
 log = logging.getLogger(__name__)
+
+SERVICE_RETRY_S = params.CALL_TIMEOUT_S  # how long a service call is retried while its server keeps dying (EIO)
+RELEASE_TIMEOUT_S = 2.0  # longest shutdown waits for the models service to drop this kernel's pins
 
 
 @dataclass
@@ -52,6 +63,35 @@ class DeviceConfig:
     block_size: int = params.BLOCK_SIZE
     num_swap_blocks: int = params.NUM_SWAP_BLOCKS  # host swap space, in blocks
     prefix_cache: bool = True  # share full prompt blocks between processes of one tenant
+    # Bytes of weights that models loaded onto this device at run time (model_load) may hold
+    # together; None: the driver's memory_bytes if it reports one, else no limit.
+    model_memory_bytes: int | None = None
+
+
+# Builds the device of a model loaded at run time: (kind of the device it is loaded onto, e.g.
+# "cpu"; the new device's name; the model's name, NAME@VERSION; its verified checkpoint
+# directory) -> DeviceConfig. Userland supplies it, since only userland may import drivers.
+ModelDeviceFactory = Callable[[str, str, str, str], DeviceConfig]
+
+
+class ServiceLink:
+    """An async caller of the server named ``name``, made before boot and bound by the kernel.
+
+    A service that needs another gets one in its factory (``ModelServer(home, link)``) and
+    calls ``await link(op, args)``; the call waits while the other server restarts.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._names: NameServer | None = None
+
+    def bind(self, names: NameServer) -> None:
+        self._names = names
+
+    async def __call__(self, op: str, args: dict[str, Any]) -> Any:
+        if self._names is None:
+            raise KernelError("ENOSYS", f"no kernel is running to reach the {self.name!r} service")
+        return await self._names.call(self.name, op, args)
 
 
 @dataclass
@@ -63,6 +103,14 @@ class KernelConfig:
     policy: str = "fcfs"
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     max_processes: int = params.MAX_PROCESSES
+    device_factory: ModelDeviceFactory | None = None  # for model_load; None: models cannot be loaded
+    links: list[ServiceLink] = field(default_factory=list)  # bound to the kernel's name server at boot
+
+    def link(self, name: str) -> ServiceLink:
+        """A caller of the service ``name`` for another service's factory (bound at boot)."""
+        link = ServiceLink(name)
+        self.links.append(link)
+        return link
 
 
 @dataclass
@@ -75,6 +123,10 @@ class Device:
     scheduler: DeviceScheduler
     info: dict[str, Any] = field(default_factory=dict)  # what load_model returned
     booted: bool = False  # its driver started once; later failures are crashes to restart
+    base: str | None = None  # a model loaded at run time: the boot device it was loaded onto
+    weight_bytes: int = 0  # a model loaded at run time: its weights, counted in the base's budget
+    last_used: int = 0  # use stamp of its load or latest process (Kernel.touch); LRU eviction
+    scope: trio.CancelScope | None = None  # cancels its scheduler's loop when it is unloaded
 
     @property
     def vocab_size(self) -> int:
@@ -101,6 +153,13 @@ class Kernel:
         self._nursery = nursery
         self._secret = secrets.token_bytes(32)  # signs tenant tokens; new on every boot
         self.salts = TenantSalts()  # per-tenant prefix-cache salts; no caller can choose one
+        # endpoint -> the device its driver serves; None: a parked driver (its model was
+        # unloaded), which a restart leaves empty and a later load of that model reuses.
+        self.slots: dict[str, tuple[Device, DeviceConfig] | None] = {}
+        self._use_stamps = itertools.count(1)
+        self.residency = ModelResidency(self)
+        for link in config.links:
+            link.bind(self.names)
 
     # -- boot and shutdown -------------------------------------------------------------------
 
@@ -111,14 +170,50 @@ class Kernel:
         for cfg in self.config.devices:
             if cfg.name in self.devices:
                 raise KernelError("EEXIST", f"two devices are named {cfg.name!r}")
-            endpoint = f"driver.{cfg.name}"
-            kv = KVCacheManager(cfg.num_kv_blocks, cfg.block_size, cfg.num_swap_blocks, cfg.prefix_cache)
-            scheduler = DeviceScheduler(cfg.name, endpoint, kv, self.table, self.names,
-                                        make_policy(self.config.policy), self.config.scheduler, self.salts.salt)
-            device = Device(cfg.name, endpoint, cfg.model, scheduler)
+            device = self.new_device(cfg)
             self.devices[cfg.name] = device
             await self._start_device(device, cfg)
-            self._nursery.start_soon(scheduler.run)
+            await self._nursery.start(self._run_scheduler, device)
+
+    def new_device(self, cfg: DeviceConfig) -> Device:
+        """A device for ``cfg`` with its KV pool and scheduler; nothing started yet."""
+        endpoint = f"driver.{cfg.name}"
+        kv = KVCacheManager(cfg.num_kv_blocks, cfg.block_size, cfg.num_swap_blocks, cfg.prefix_cache)
+        scheduler = DeviceScheduler(cfg.name, endpoint, kv, self.table, self.names,
+                                    make_policy(self.config.policy), self.config.scheduler, self.salts.salt)
+        return self.touch(Device(cfg.name, endpoint, cfg.model, scheduler))
+
+    async def _run_scheduler(self, device: Device, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            device.scope = scope
+            task_status.started()
+            await device.scheduler.run()
+
+    async def start_device(self, device: Device, cfg: DeviceConfig) -> None:
+        """Start a run-time device: its driver (a parked one if its endpoint has one), then its scheduler."""
+        if device.endpoint in self.slots:  # a parked driver of this same model: load it again
+            self.slots[device.endpoint] = (device, cfg)
+            try:
+                await self.names.wait_ready(device.endpoint)
+                await self._device_starter(device.endpoint)(device.endpoint)
+            except KernelError:
+                self.slots[device.endpoint] = None
+                raise
+            device.booted = True
+        else:
+            try:
+                await self._start_device(device, cfg)
+            except KernelError:
+                self.slots[device.endpoint] = None  # its restarts load nothing: it stays parked
+                raise
+        await self._nursery.start(self._run_scheduler, device)
+
+    def park_device(self, device: Device) -> None:
+        """Stop routing to ``device`` and stop its scheduler; its driver stays, parked, empty."""
+        self.devices.pop(device.name, None)
+        self.slots[device.endpoint] = None
+        if device.scope is not None:
+            device.scope.cancel()
 
     async def _start_device(self, device: Device, cfg: DeviceConfig) -> None:
         """Start a device's driver under the supervisor; fail the boot if the driver refuses.
@@ -130,7 +225,8 @@ class Kernel:
         """
         refused: list[KernelError] = []
         gave_up = trio.Event()
-        starter = self._device_starter(device, cfg)
+        self.slots[device.endpoint] = (device, cfg)
+        starter = self._device_starter(device.endpoint)
 
         async def start_once(endpoint: str) -> None:
             try:
@@ -153,9 +249,13 @@ class Kernel:
             raise KernelError(refused[0].errno, f"device {device.name}: {refused[0].message}")
         device.booted = True
 
-    def _device_starter(self, device: Device, cfg: DeviceConfig) -> Any:
+    def _device_starter(self, endpoint: str) -> RestartHook:
         async def start_device(endpoint: str) -> None:
             # Runs on every (re)start of the driver: a new instance has no model and no KV cache.
+            slot = self.slots.get(endpoint)
+            if slot is None:
+                return  # parked: its model was unloaded
+            device, cfg = slot
             device.info = await self.names.call(endpoint, "load_model", cfg.load_args, bound_only=True)
             device.scheduler.adopt_driver_info(device.info)
             await self.names.call(endpoint, "init_kv", {"num_blocks": cfg.num_kv_blocks, "block_size": cfg.block_size}, bound_only=True)
@@ -168,6 +268,42 @@ class Kernel:
                 status = ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGKILL, message="the kernel is shutting down")
                 self.devices[proc.device].scheduler.finish(proc, status)
         self.supervisor.stop_all()
+
+    # -- services ----------------------------------------------------------------------------
+
+    def require_service(self, name: str, op: str) -> None:
+        """ENOSYS, with what to do, unless the kernel was configured with service ``name``."""
+        if name not in self.config.services:
+            hint = " (boot with --home PATH or set LLMOS_HOME to start it)" if name in ("models", "security") else ""
+            raise KernelError("ENOSYS", f"{op}: this kernel runs no {name!r} service{hint}")
+
+    async def call_service(self, name: str, op: str, args: dict[str, Any], *, syscall: str | None = None,
+                           done_after_retry: str | None = None) -> Any:
+        """Call ``op`` on service ``name``, retrying while its server is restarted (EIO).
+
+        Retries go on for ``SERVICE_RETRY_S``; a server that dies more often than it can
+        answer makes the call fail with that EIO then.
+
+        Only ops that are safe to repeat go through here; every models and security op is
+        (see services/models.py: import is idempotent on content).
+
+        Args:
+            done_after_retry: an errno that, answered to a retry, means the first try did
+                the work and died before replying (rm: ENOENT); None is returned then.
+        """
+        self.require_service(name, syscall or op)
+        give_up_at = self.now() + SERVICE_RETRY_S
+        retried = False
+        while True:
+            try:
+                return await self.names.call(name, op, args)
+            except KernelError as error:
+                if retried and error.errno == done_after_retry:
+                    return None
+                if error.errno != "EIO" or self.now() >= give_up_at:
+                    raise
+                log.info("service %s died during %s; retrying", name, op)
+                retried = True
 
     # -- syscalls ----------------------------------------------------------------------------
 
@@ -286,6 +422,11 @@ class Kernel:
 
     def _serving(self, model: str) -> list[Device]:
         serving = [d for d in self.devices.values() if d.model == model]
+        if not serving and "@" not in model:  # NAME: the newest version loaded
+            versions = [d for d in self.devices.values() if d.model.startswith(model + "@")
+                        and d.model[len(model) + 1:].isdigit()]
+            newest = max((int(d.model[len(model) + 1:]) for d in versions), default=None)
+            serving = [d for d in versions if d.model == f"{model}@{newest}"]
         if not serving:
             known = ", ".join(sorted({d.model for d in self.devices.values()}))
             raise KernelError("ENOENT", f"no model named {model!r} is loaded; loaded: {known}")
@@ -306,11 +447,18 @@ class Kernel:
             chosen = self.devices.get(device)
             if chosen is None:
                 raise KernelError("ENOENT", f"no device named {device!r}; devices: {', '.join(self.devices)}")
-            if model is not None and model != chosen.model:
+            if model is not None and model != chosen.model and chosen.model.partition("@")[0] != model:
                 raise KernelError("ENOENT", f"device {device} serves model {chosen.model!r}, not {model!r}")
-            return chosen
-        loads = self.device_loads()
-        return min(self._serving(model or self.default_model), key=lambda d: (sum(loads[d.name]), d.name))
+            return self.touch(chosen)
+        # Each scheduler counts its own running and waiting processes: O(devices), not O(processes).
+        chosen = min(self._serving(model or self.default_model),
+                     key=lambda d: (d.scheduler.num_running + d.scheduler.num_waiting, d.name))
+        return self.touch(chosen)  # for residency: idle run-time models are unloaded LRU first
+
+    def touch(self, device: Device) -> Device:
+        """Stamp ``device`` as used now (a counter, so uses at one instant still have an order)."""
+        device.last_used = next(self._use_stamps)
+        return device
 
     def device_loads(self) -> dict[str, tuple[int, int]]:
         """(running, waiting) processes per device; waiting means NEW, READY or SWAPPED."""
@@ -334,6 +482,7 @@ class Kernel:
                 "kind": d.info.get("kind", "?"),
                 "emulated": bool(d.info.get("emulated", False)),
                 "spec": d.info.get("spec"),  # the npu's preset; None elsewhere
+                "loaded_on": d.base,  # a model loaded at run time: the boot device it shares
                 "model": d.model,
                 "kv_blocks_total": kv.num_blocks,
                 "kv_blocks_used": kv.num_blocks - kv.num_free_blocks,
@@ -406,6 +555,9 @@ async def open_kernel(config: KernelConfig) -> AsyncIterator[Kernel]:
             await kernel.boot()
             yield kernel
         finally:
+            with trio.move_on_after(RELEASE_TIMEOUT_S) as scope:
+                scope.shield = True
+                await kernel.residency.release_all()
             kernel.shutdown()
             with trio.CancelScope(shield=True):
                 # Let blocked readers and waiters send their final replies before we cancel.

@@ -266,6 +266,79 @@ async def sys_lsdev(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str
     return {"devices": k.list_devices()}
 
 
+# -- models: forwarded to the "models" service; loading is the kernel's (residency.py) ------------
+
+MODEL_REF_CHARS = 256  # longest NAME[@VERSION]
+MODEL_PATH_CHARS = 4096  # longest checkpoint path
+
+
+def _model_admin(k: Kernel, caller: Session, op: str) -> None:
+    """ENOSYS without a models service; EPERM unless uid 0 (models change what every user runs)."""
+    k.require_service("models", op)
+    if caller.uid != 0:
+        raise KernelError("EPERM", f"{op}: only uid 0 may import, update, remove, load or unload models")
+
+
+async def sys_model_import(k: Kernel, caller: Session, raw: dict[str, Any]) -> Any:
+    """Copy a Hugging Face-format checkpoint directory into the model store as NAME version 1, signed."""
+    a = Args("model_import", raw, ("path", "name"))
+    args = {"path": a.text("path", max_len=MODEL_PATH_CHARS), "name": a.text("name", max_len=MODEL_REF_CHARS)}
+    _model_admin(k, caller, "model_import")
+    return await k.call_service("models", "import", args, syscall="model_import")
+
+
+async def sys_model_update(k: Kernel, caller: Session, raw: dict[str, Any]) -> Any:
+    """Add the next version of a model from a checkpoint directory; loaded versions stay loaded."""
+    a = Args("model_update", raw, ("name", "path"))
+    args = {"name": a.text("name", max_len=MODEL_REF_CHARS), "path": a.text("path", max_len=MODEL_PATH_CHARS)}
+    _model_admin(k, caller, "model_update")
+    return await k.call_service("models", "update", args, syscall="model_update")
+
+
+async def sys_model_list(k: Kernel, caller: Session, raw: dict[str, Any]) -> Any:
+    """Every model in the store: versions, the newest, those loaded."""
+    Args("model_list", raw, ())
+    return await k.call_service("models", "list", {}, syscall="model_list")
+
+
+async def sys_model_show(k: Kernel, caller: Session, raw: dict[str, Any]) -> Any:
+    """One version of a model: config summary, files and sizes, signer, versions."""
+    name = Args("model_show", raw, ("name",)).text("name", max_len=MODEL_REF_CHARS)
+    return await k.call_service("models", "show", {"name": name}, syscall="model_show")
+
+
+async def sys_model_verify(k: Kernel, caller: Session, raw: dict[str, Any]) -> Any:
+    """Check a version's files against its signed manifest (EACCES naming what is wrong)."""
+    name = Args("model_verify", raw, ("name",)).text("name", max_len=MODEL_REF_CHARS)
+    return await k.call_service("models", "verify", {"name": name}, syscall="model_verify")
+
+
+async def sys_model_rm(k: Kernel, caller: Session, raw: dict[str, Any]) -> Any:
+    """Remove a model (NAME) or one version (NAME@VERSION); EBUSY while it is loaded."""
+    name = Args("model_rm", raw, ("name",)).text("name", max_len=MODEL_REF_CHARS)
+    _model_admin(k, caller, "model_rm")
+    k.residency.check_unused("model_rm", name)
+    # ENOENT on a retry: the first try removed it and died before replying.
+    result = await k.call_service("models", "rm", {"name": name}, syscall="model_rm", done_after_retry="ENOENT")
+    return result if result is not None else {"name": name.partition("@")[0], "removed": None}
+
+
+async def sys_model_load(k: Kernel, caller: Session, raw: dict[str, Any]) -> Any:
+    """Verify a model's signed manifest and load it on a device (making room: idle models go, LRU)."""
+    a = Args("model_load", raw, ("name", "device"))
+    name, device = a.text("name", max_len=MODEL_REF_CHARS), a.text("device", None, max_len=256)
+    _model_admin(k, caller, "model_load")
+    return await k.residency.load(name, device)
+
+
+async def sys_model_unload(k: Kernel, caller: Session, raw: dict[str, Any]) -> Any:
+    """Unload a model loaded at run time (every device holding it, or the one named); EBUSY if in use."""
+    a = Args("model_unload", raw, ("name", "device"))
+    name, device = a.text("name", max_len=MODEL_REF_CHARS), a.text("device", None, max_len=256)
+    _model_admin(k, caller, "model_unload")
+    return await k.residency.unload(name, device)
+
+
 SYSCALLS: dict[str, Handler] = {
     "lsdev": sys_lsdev,
     "meminfo": sys_meminfo,
@@ -282,7 +355,16 @@ SYSCALLS: dict[str, Handler] = {
     "uname": sys_uname,
     "tokenize": sys_tokenize,
     "detokenize": sys_detokenize,
+    "model_import": sys_model_import,
+    "model_update": sys_model_update,
+    "model_list": sys_model_list,
+    "model_show": sys_model_show,
+    "model_verify": sys_model_verify,
+    "model_rm": sys_model_rm,
+    "model_load": sys_model_load,
+    "model_unload": sys_model_unload,
 }
 
 # Syscalls that may block; each runs in its own task so a connection can have several waiting.
-BLOCKING_SYSCALLS = frozenset({"read", "wait", "spawn", "tokenize", "detokenize"})
+BLOCKING_SYSCALLS = frozenset({"read", "wait", "spawn", "tokenize", "detokenize", "model_import", "model_update",
+                               "model_list", "model_show", "model_verify", "model_rm", "model_load", "model_unload"})

@@ -151,6 +151,40 @@ class Client:
         """Token ids to text with a model's tokenizer."""
         return (await self.call("detokenize", ids=ids, model=model))["text"]
 
+    # -- models (the kernel needs its models service: ``llmos boot --home PATH``) -------------
+
+    async def model_import(self, path: str | os.PathLike[str], name: str) -> dict[str, Any]:
+        """Copy a Hugging Face-format checkpoint directory into the store as ``name`` version 1 (uid 0)."""
+        return await self.call("model_import", path=os.path.abspath(path), name=name)
+
+    async def model_update(self, name: str, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Add the next version of ``name`` from a checkpoint directory (uid 0)."""
+        return await self.call("model_update", name=name, path=os.path.abspath(path))
+
+    async def model_list(self) -> list[dict[str, Any]]:
+        """One row per model: name, versions, newest, loaded versions, bytes."""
+        return (await self.call("model_list"))["models"]
+
+    async def model_show(self, name: str) -> dict[str, Any]:
+        """One version (``NAME`` for the newest, or ``NAME@VERSION``): config, files, signer."""
+        return await self.call("model_show", name=name)
+
+    async def model_verify(self, name: str) -> dict[str, Any]:
+        """Check a version against its signed manifest; EACCES names a changed file."""
+        return await self.call("model_verify", name=name)
+
+    async def model_rm(self, name: str) -> dict[str, Any]:
+        """Remove a model or one version (uid 0); EBUSY while it is loaded."""
+        return await self.call("model_rm", name=name)
+
+    async def model_load(self, name: str, device: str | None = None) -> dict[str, Any]:
+        """Verify and load ``NAME[@VERSION]`` onto a boot device (uid 0); returns the new device."""
+        return await self.call("model_load", name=name, device=device)
+
+    async def model_unload(self, name: str, device: str | None = None) -> dict[str, Any]:
+        """Unload a model loaded at run time (uid 0); EBUSY while a process uses it."""
+        return await self.call("model_unload", name=name, device=device)
+
 
 @asynccontextmanager
 async def open_client(

@@ -5,12 +5,21 @@ them (``--device sim``, or several: ``--devices cpu,npu``, ``--devices sim,sim``
 command-line options into a ``KernelConfig``. Devices are named by kind and index (cpu0,
 npu0, sim0, sim1); devices that serve the same model are data-parallel replicas, and the
 kernel routes each new process to the least loaded of them.
+
+Services start only when asked: ``--home PATH`` (or ``$LLMOS_HOME``; ``--home default`` for
+the platform's data directory) starts the security and models services with their state in
+that directory, so ``llmos model ...`` works against the kernel. ``model_device`` is the
+factory the kernel calls to make the device of a model loaded at run time.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from llmos.kernel import params
@@ -37,6 +46,8 @@ class SystemOptions:
     policy: str = "fcfs"
     max_batch_tokens: int = params.MAX_BATCH_TOKENS
     max_seqs: int = params.MAX_SEQS
+    home: str | None = None  # state of the security and models services; None: run no services
+    model_memory: int | None = None  # bytes of weights models loaded at run time may hold per device
 
 
 def add_system_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +70,12 @@ def add_system_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--policy", default="fcfs", choices=sorted(POLICIES), help="scheduling policy")
     group.add_argument("--max-batch-tokens", type=int, default=params.MAX_BATCH_TOKENS, help="token budget per step")
     group.add_argument("--max-seqs", type=int, default=params.MAX_SEQS, help="sequences per step")
+    group.add_argument("--home", default=None, metavar="PATH",
+                       help="start the security and models services with their state in PATH ('default': the "
+                            "platform's data directory) (default: $LLMOS_HOME; neither: no services)")
+    group.add_argument("--model-memory", type=int, default=None, metavar="BYTES",
+                       help="weights that models loaded at run time may hold per device; idle ones are unloaded "
+                            "least recently used first (default: the device's memory, else no limit)")
 
 
 def options_from_args(args: argparse.Namespace) -> SystemOptions:
@@ -70,6 +87,8 @@ def options_from_args(args: argparse.Namespace) -> SystemOptions:
         model=args.model, dtype=args.dtype, kv_blocks=args.kv_blocks, block_size=args.block_size,
         swap_blocks=args.swap_blocks, preemption=args.preemption, prefix_cache=args.prefix_cache,
         policy=args.policy, max_batch_tokens=args.max_batch_tokens, max_seqs=args.max_seqs,
+        home=getattr(args, "home", None) or os.environ.get("LLMOS_HOME") or None,
+        model_memory=getattr(args, "model_memory", None),
     )
 
 
@@ -126,11 +145,78 @@ def _npu_device(options: SystemOptions, name: str) -> DeviceConfig:
     return DeviceConfig(name, factory, f"{model}-int8", {"path": str(path)}, options.kv_blocks, options.block_size)
 
 
+def _cuda_device(options: SystemOptions, name: str) -> DeviceConfig:
+    from functools import partial
+
+    from llmos.drivers.cuda import CudaDriver
+
+    path, model = _checkpoint(options)
+    dtype = options.dtype if options.dtype in ("bfloat16", "bf16", "float16", "fp16") else "bfloat16"
+    return DeviceConfig(name, partial(CudaDriver, dtype), model, {"path": str(path)}, options.kv_blocks, options.block_size)
+
+
 DRIVER_KINDS: dict[str, Any] = {
     "cpu": _cpu_device,
+    "cuda": _cuda_device,
     "npu": _npu_device,
     "sim": _sim_device,
 }
+
+
+def model_device(options: SystemOptions, kind: str, name: str, model: str, path: str) -> DeviceConfig:
+    """The device of a model loaded at run time (``KernelConfig.device_factory``).
+
+    ``kind`` is that of the boot device it is loaded onto; ``path`` is the checkpoint the
+    models service verified. ValueError for a kind that cannot load checkpoints.
+    """
+    if kind == "sim":
+        from llmos.drivers.sim import SimDriver
+
+        config = json.loads((Path(path) / "config.json").read_text())
+        vocab = config.get("vocab_size")
+        load_args = {"vocab_size": vocab} if isinstance(vocab, int) and vocab >= 2 else {}
+        return DeviceConfig(name, SimDriver, model, load_args, options.kv_blocks, options.block_size,
+                            options.swap_blocks, options.prefix_cache)
+    if kind == "cpu":
+        from llmos.drivers.cpu import TorchDriver
+
+        factory: Any = partial(TorchDriver, "cpu", options.dtype)
+    elif kind == "npu":
+        from llmos.drivers.npu import NpuDriver
+
+        factory = partial(NpuDriver, options.npu, options.dtype)
+    else:
+        raise ValueError(f"devices of kind {kind!r} cannot load checkpoints")
+    return DeviceConfig(name, factory, model, {"path": path}, options.kv_blocks, options.block_size,
+                        options.swap_blocks, options.prefix_cache)
+
+
+def resolve_home(home: str) -> Path:
+    """The services' state directory for ``--home``; ValueError if it cannot be used."""
+    if home == "default":
+        from llmos.services.home import llmos_home
+
+        path = llmos_home()
+    else:
+        path = Path(home).expanduser()
+    path = path.absolute()
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ValueError(f"--home {home}: cannot create {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"--home {home}: {path} is not writable")
+    return path
+
+
+def add_services(config: KernelConfig, home: Path) -> None:
+    """Run the security and models services on ``config``'s kernel, with state in ``home``."""
+    from llmos.services.models import ModelServer
+    from llmos.services.security import SecurityServer
+
+    security = config.link("security")
+    config.services["security"] = lambda: SecurityServer(home)
+    config.services["models"] = lambda: ModelServer(home, security)
 
 
 def build_config(options: SystemOptions) -> KernelConfig:
@@ -149,14 +235,21 @@ def build_config(options: SystemOptions) -> KernelConfig:
             raise ValueError(f"unknown device {kind!r}; known: {', '.join(sorted(DRIVER_KINDS))}")
     if options.policy not in POLICIES:
         raise ValueError(f"unknown policy {options.policy!r}; known: {', '.join(sorted(POLICIES))}")
+    if options.model_memory is not None and options.model_memory <= 0:
+        raise ValueError("--model-memory must be positive")
     devices = []
     for index, kind in enumerate(kinds):
         device = DRIVER_KINDS[kind](options, f"{kind}{kinds[:index].count(kind)}")  # cpu0, sim0, sim1
         device.num_swap_blocks = options.swap_blocks
         device.prefix_cache = options.prefix_cache
+        device.model_memory_bytes = options.model_memory
         devices.append(device)
-    return KernelConfig(
+    config = KernelConfig(
         devices=devices,
         policy=options.policy,
         scheduler=SchedulerConfig(options.max_batch_tokens, options.max_seqs, PreemptionMode(options.preemption)),
+        device_factory=partial(model_device, options),
     )
+    if options.home is not None:
+        add_services(config, resolve_home(options.home))
+    return config
