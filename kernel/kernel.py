@@ -34,8 +34,9 @@ from .kv_hash import TenantSalts
 from .kv_manager import KVCacheManager
 from .names import NameServer
 from .policy import make_policy
-from .process import ExitReason, ExitStatus, ProcState, Signal
+from .process import ExitReason, ExitStatus, Process, ProcState, Signal
 from .proctable import ProcessTable, Session
+from .quotas import QuotaKeeper
 from .residency import ModelResidency
 from .rpc import serve_stream
 from .scheduler import DeviceScheduler, SchedulerConfig
@@ -158,6 +159,8 @@ class Kernel:
         self.slots: dict[str, tuple[Device, DeviceConfig] | None] = {}
         self._use_stamps = itertools.count(1)
         self.residency = ModelResidency(self)
+        # Tenant quotas, cached from the resources service (kernel/quotas.py); None without it.
+        self.quotas = QuotaKeeper(self.table, self._blocks_of, self._submit) if "resources" in config.services else None
         for link in config.links:
             link.bind(self.names)
 
@@ -167,6 +170,11 @@ class Kernel:
         """Start every service, then every device (driver, model, KV pool, scheduler)."""
         for name, factory in self.config.services.items():
             await self.supervisor.start(name, factory)
+        if self.quotas is not None:
+            listed = await self.call_service("resources", "list_quotas", {})
+            self.quotas.load(listed["quotas"], self.now())
+            # ProcessTable replaces its exit event on each exit; read the current one each time.
+            self._nursery.start_soon(self.quotas.release_held, lambda: self.table._exited)
         for cfg in self.config.devices:
             if cfg.name in self.devices:
                 raise KernelError("EEXIST", f"two devices are named {cfg.name!r}")
@@ -181,6 +189,7 @@ class Kernel:
         kv = KVCacheManager(cfg.num_kv_blocks, cfg.block_size, cfg.num_swap_blocks, cfg.prefix_cache)
         scheduler = DeviceScheduler(cfg.name, endpoint, kv, self.table, self.names,
                                     make_policy(self.config.policy), self.config.scheduler, self.salts.salt)
+        scheduler.limiter = self.quotas
         return self.touch(Device(cfg.name, endpoint, cfg.model, scheduler))
 
     async def _run_scheduler(self, device: Device, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -274,7 +283,7 @@ class Kernel:
     def require_service(self, name: str, op: str) -> None:
         """ENOSYS, with what to do, unless the kernel was configured with service ``name``."""
         if name not in self.config.services:
-            hint = " (boot with --home PATH or set LLMOS_HOME to start it)" if name in ("models", "security") else ""
+            hint = " (boot with --home PATH or set LLMOS_HOME to start it)" if name in ("models", "security", "resources") else ""
             raise KernelError("ENOSYS", f"{op}: this kernel runs no {name!r} service{hint}")
 
     async def call_service(self, name: str, op: str, args: dict[str, Any], *, syscall: str | None = None,
@@ -454,6 +463,19 @@ class Kernel:
         chosen = min(self._serving(model or self.default_model),
                      key=lambda d: (d.scheduler.num_running + d.scheduler.num_waiting, d.name))
         return self.touch(chosen)  # for residency: idle run-time models are unloaded LRU first
+
+    def _blocks_of(self, proc: Process) -> int:
+        """KV blocks ``proc`` holds on its device now (0 once its device is gone)."""
+        device = self.devices.get(proc.device)
+        return device.scheduler.kv.table_len(proc.pid) if device is not None else 0
+
+    def _submit(self, proc: Process) -> None:
+        """Queue a process held by its tenant's quota for admission on its device."""
+        device = self.devices.get(proc.device)
+        if device is None:  # its model was unloaded while it was held
+            self.table.exit(proc, ExitStatus(ExitReason.ERROR, errno="ENOENT", message=f"device {proc.device} is gone"))
+            return
+        device.scheduler.submit(proc)
 
     def touch(self, device: Device) -> Device:
         """Stamp ``device`` as used now (a counter, so uses at one instant still have an order)."""

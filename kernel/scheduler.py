@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -45,6 +45,20 @@ class SchedulerConfig:
     max_seqs: int = params.MAX_SEQS  # sequences per step
     preemption: PreemptionMode = PreemptionMode.AUTO  # swap, recompute, or the cheaper of the two
     max_steps: int = 1  # decode steps one plan may cover on a modeled-time driver (horizon.py)
+
+
+class TenantLimiter(Protocol):
+    """The hook through which tenant token rates reach the planner (kernel/quotas.py)."""
+
+    @property
+    def rate_limited(self) -> bool:
+        """Some tenant has a rate: plan one step at a time (see ``_plan_lookahead``)."""
+
+    def allows(self, tenant: str, now: float) -> float | None:
+        """None if ``tenant`` may be scheduled now; else when it may again."""
+
+    def charge(self, tenant: str, num_tokens: int, now: float) -> None:
+        """``tenant`` generated ``num_tokens`` tokens at ``now``."""
 
 
 @dataclass
@@ -119,6 +133,10 @@ class DeviceScheduler:
         self._clock: Callable[[], float] = trio.current_time
         self._horizon: Horizon | None = None  # a multi-step result whose time is passing
         self._admission_blocked = False  # the last plan's admissions stopped at memory or seats
+        # Tenant token rates (kernel/quotas.py); None: no limits. The planner skips a tenant
+        # it does not allow until ``_throttled_until``, when the loop wakes to plan again.
+        self.limiter: TenantLimiter | None = None
+        self._throttled_until = float("inf")
 
     # -- what syscalls call ------------------------------------------------------------------
 
@@ -225,7 +243,8 @@ class DeviceScheduler:
         self._work = trio.Event()  # before planning: an event from here on is not missed
         plan = self.plan()
         if plan is None:
-            await self._work.wait()
+            with trio.move_on_at(self._throttled_until):  # inf unless a tenant's bucket is refilling
+                await self._work.wait()
             return
         self._in_flight = {p.pid for p in plan.procs}
         client = endpoint.client
@@ -343,6 +362,8 @@ class DeviceScheduler:
             before = proc.num_computed
             proc.num_computed += num
             proc.output_ids += horizon.tokens(index, first_step, stop_step)
+            if self.limiter is not None:
+                self.limiter.charge(proc.tenant, num, ended_at)
             proc.token_times += times
             if self.kv.blocks_for(proc.num_computed) > self.kv.table_len(proc.pid):
                 # The blocks these steps wrote into, taken now (lookahead_steps checked they are free).
@@ -399,11 +420,15 @@ class DeviceScheduler:
         order = decoding + others + ranked[self.config.max_seqs :]
         admitting = True  # the first waiting process that cannot get memory closes admission
         kv = self.kv
+        limiter, self._throttled_until = self.limiter, float("inf")
         for proc in order:
             if len(chunks) >= self.config.max_seqs or budget <= 0:
                 break
             if proc.pid in self._preempted_now:
                 continue  # preempted as a victim earlier in this loop
+            if limiter is not None and (ready_at := limiter.allows(proc.tenant, now)) is not None:
+                self._throttled_until = min(self._throttled_until, ready_at)
+                continue  # its tenant is over its token rate: it keeps its place and its blocks
             if proc.state is ProcState.RUNNING:
                 num_new = min(proc.num_tokens - proc.num_computed, budget)
                 if num_new == 1 and kv.can_write_in_place(proc.pid, proc.num_computed):
@@ -441,6 +466,10 @@ class DeviceScheduler:
     def _plan_lookahead(self, batch: StepBatch) -> list[int] | None:
         """Steps each sequence may take in this driver call (``horizon.py``); None: one step."""
         if not (self.modeled_time and self.shape_batches):
+            return None
+        if self.limiter is not None and self.limiter.rate_limited:
+            # A multi-step run would not stop when a tenant's bucket runs dry: with any token
+            # rate configured, plan one step at a time (exact, at the cost of multi-step).
             return None
         limit = min(self.config.max_steps, self.driver_max_steps)
         seq_steps = lookahead_steps(self._chosen, batch, self.kv, limit, len(self._running),
@@ -506,6 +535,8 @@ class DeviceScheduler:
                 continue
             if chunk.sample and token is not None:
                 proc.output_ids.append(int(token))
+                if self.limiter is not None:
+                    self.limiter.charge(proc.tenant, 1, now)
                 proc.token_times.append(now)
                 if proc.first_token_at is None:
                     proc.first_token_at = now

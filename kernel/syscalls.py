@@ -90,9 +90,11 @@ async def sys_spawn(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str
         detached=a.flag("detach", False),
         nice=nice,
     )
+    held = k.quotas is not None and not k.quotas.admit("spawn", proc)  # EAGAIN over quota
     k.table.add(proc)
-    device.scheduler.submit(proc)
-    return {"pid": proc.pid, "device": device.name}
+    if not held:  # held: stays NEW until its tenant is back under quota (kernel/quotas.py)
+        device.scheduler.submit(proc)
+    return {"pid": proc.pid, "device": device.name, "held": held}
 
 
 async def sys_read(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
@@ -152,6 +154,9 @@ async def sys_fork(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str,
         raise KernelError("ESRCH", f"fork: process {parent.pid} has already exited")
     if k.table.num_live() + n > k.table.max_processes:
         raise KernelError("EAGAIN", f"fork: {n} more processes would exceed the limit of {k.table.max_processes}")
+    reason = k.quotas.over_quota(parent.tenant, n) if k.quotas is not None else None
+    if reason is not None:  # fork never queues: its children would start from a stale parent
+        raise KernelError("EAGAIN", f"fork: {reason}")
     device = k.devices[parent.device]
     children = []
     for index in range(n):
@@ -339,7 +344,61 @@ async def sys_model_unload(k: Kernel, caller: Session, raw: dict[str, Any]) -> A
     return await k.residency.unload(name, device)
 
 
+# -- quotas and telemetry: forwarded to the "resources" service, enforced in kernel/quotas.py -------
+
+TENANT_CHARS = 128
+QUOTA_ARGS = ("tenant", "processes", "kv_blocks", "tokens_per_s", "burst", "over_quota")
+
+
+async def sys_quota_set(k: Kernel, caller: Session, raw: dict[str, Any]) -> Any:
+    """Set a tenant's quotas (uid 0 only); the kernel enforces the stored result at once."""
+    Args("quota_set", raw, QUOTA_ARGS).text("tenant", max_len=TENANT_CHARS)
+    k.require_service("resources", "quota_set")
+    if caller.uid != 0:
+        raise KernelError("EPERM", "quota_set: only uid 0 may set quotas")
+    quota = await k.call_service("resources", "set_quota", dict(raw), syscall="quota_set")
+    assert k.quotas is not None  # configured with the service
+    k.quotas.update(quota, k.now())
+    return quota
+
+
+async def sys_quota_get(k: Kernel, caller: Session, raw: dict[str, Any]) -> Any:
+    """One tenant's quotas (default: the caller's); ENOENT if it has none."""
+    tenant = Args("quota_get", raw, ("tenant",)).text("tenant", caller.tenant, max_len=TENANT_CHARS)
+    return await k.call_service("resources", "get_quota", {"tenant": tenant}, syscall="quota_get")
+
+
+async def sys_quota_list(k: Kernel, caller: Session, raw: dict[str, Any]) -> Any:
+    """Every tenant's quotas."""
+    Args("quota_list", raw, ())
+    return await k.call_service("resources", "list_quotas", {}, syscall="quota_list")
+
+
+async def sys_usage(k: Kernel, caller: Session, raw: dict[str, Any]) -> Any:
+    """Telemetry: per tenant, use beside quota; per device, utilization, running, waiting.
+
+    A user other than uid 0 sees its own tenant only.
+    """
+    tenant = Args("usage", raw, ("tenant",)).text("tenant", None, max_len=TENANT_CHARS)
+    k.require_service("resources", "usage")
+    if caller.uid != 0:
+        if tenant not in (None, caller.tenant):
+            raise KernelError("EPERM", f"usage: only uid 0 may see the use of tenant {tenant!r}")
+        tenant = caller.tenant
+    assert k.quotas is not None
+    now = k.now()
+    tenants = k.quotas.tenant_usage(now, now - k.booted_at)
+    devices = [{key: row[key] for key in ("name", "kind", "model", "utilization", "busy_s", "running", "waiting",
+                                          "kv_blocks_used", "kv_blocks_total")} for row in k.list_devices()]
+    live = {"tenants": [row for name, row in tenants.items() if tenant in (None, name)], "devices": devices}
+    return await k.call_service("resources", "usage", {"tenant": tenant, "live": live}, syscall="usage")
+
+
 SYSCALLS: dict[str, Handler] = {
+    "quota_set": sys_quota_set,
+    "quota_get": sys_quota_get,
+    "quota_list": sys_quota_list,
+    "usage": sys_usage,
     "lsdev": sys_lsdev,
     "meminfo": sys_meminfo,
     "token": sys_token,
@@ -367,4 +426,5 @@ SYSCALLS: dict[str, Handler] = {
 
 # Syscalls that may block; each runs in its own task so a connection can have several waiting.
 BLOCKING_SYSCALLS = frozenset({"read", "wait", "spawn", "tokenize", "detokenize", "model_import", "model_update",
-                               "model_list", "model_show", "model_verify", "model_rm", "model_load", "model_unload"})
+                               "model_list", "model_show", "model_verify", "model_rm", "model_load", "model_unload",
+                               "quota_set", "quota_get", "quota_list", "usage"})

@@ -185,6 +185,22 @@ class Client:
         """Unload a model loaded at run time (uid 0); EBUSY while a process uses it."""
         return await self.call("model_unload", name=name, device=device)
 
+    async def quota_set(self, tenant: str, **limits: Any) -> dict[str, Any]:
+        """Set a tenant's quotas (uid 0): processes, kv_blocks, tokens_per_s, burst, over_quota."""
+        return await self.call("quota_set", tenant=tenant, **limits)
+
+    async def quota_get(self, tenant: str | None = None) -> dict[str, Any]:
+        """A tenant's quotas (default: this connection's tenant); ENOENT if it has none."""
+        return await self.call("quota_get", tenant=tenant)
+
+    async def quota_list(self) -> list[dict[str, Any]]:
+        """Every tenant's quotas."""
+        return (await self.call("quota_list"))["quotas"]
+
+    async def usage(self, tenant: str | None = None) -> dict[str, Any]:
+        """Per-tenant use beside quota, and per-device utilization, running, waiting."""
+        return await self.call("usage", tenant=tenant)
+
 
 @asynccontextmanager
 async def open_client(

@@ -210,13 +210,15 @@ def resolve_home(home: str) -> Path:
 
 
 def add_services(config: KernelConfig, home: Path) -> None:
-    """Run the security and models services on ``config``'s kernel, with state in ``home``."""
+    """Run the security, models and resources services on ``config``'s kernel, with state in ``home``."""
     from llmos.services.models import ModelServer
+    from llmos.services.resources import ResourceServer
     from llmos.services.security import SecurityServer
 
     security = config.link("security")
     config.services["security"] = lambda: SecurityServer(home)
     config.services["models"] = lambda: ModelServer(home, security)
+    config.services["resources"] = lambda: ResourceServer(home)
 
 
 def build_config(options: SystemOptions) -> KernelConfig:

@@ -1,0 +1,131 @@
+"""Tenant quotas enforced by the kernel, through libllm, on the sim driver in virtual time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from sim_fixtures import sim_config
+
+from llmos.kernel.kernel import Kernel, open_kernel
+from llmos.services import securefiles
+from llmos.userland import libllm
+from llmos.userland.system import add_services
+
+
+@pytest.fixture(autouse=True)
+def no_fsync(monkeypatch):
+    monkeypatch.setattr(securefiles, "SYNC", False)
+
+
+@asynccontextmanager
+async def open_system(home: Path, **options: Any) -> AsyncIterator[tuple[Kernel, libllm.Client]]:
+    config = sim_config(**options)
+    add_services(config, home)
+    async with open_kernel(config) as kernel, libllm.open_client(kernel, uid=0, tenant="system") as root:
+        yield kernel, root
+
+
+async def test_quota_syscalls_are_enosys_without_the_resources_service(autojump_clock, root):
+    for op, args in [("quota_set", {"tenant": "a", "processes": 1}), ("quota_get", {"tenant": "a"}),
+                     ("quota_list", {}), ("usage", {})]:
+        with pytest.raises(libllm.ENOSYS) as err:
+            await root.call(op, **args)
+        assert "no 'resources' service" in err.value.message and "--home" in err.value.message
+
+
+async def test_only_uid_0_may_set_quotas(autojump_clock, tmp_path):
+    async with open_system(tmp_path) as (kernel, root):
+        async with libllm.open_client(kernel, uid=1000, tenant="alice") as alice:
+            with pytest.raises(libllm.EPERM):
+                await alice.quota_set("alice", processes=100)
+            with pytest.raises(libllm.ENOENT):
+                await alice.quota_get()
+            await root.quota_set("alice", processes=3)
+            assert (await alice.quota_get())["processes"] == 3
+            with pytest.raises(libllm.EPERM):
+                await alice.usage("bob")
+
+
+async def test_over_the_process_quota_a_spawn_is_refused_with_eagain(autojump_clock, tmp_path):
+    async with open_system(tmp_path) as (kernel, root):
+        await root.quota_set("alice", processes=2)
+        async with libllm.open_client(kernel, uid=1000, tenant="alice") as alice, \
+                libllm.open_client(kernel, uid=1001, tenant="bob") as bob:
+            pids = [await alice.spawn(prompt_ids=[1, 2, 3], max_tokens=50) for _ in range(2)]
+            with pytest.raises(libllm.EAGAIN) as err:
+                await alice.spawn(prompt_ids=[1, 2, 3], max_tokens=5)
+            assert "'alice'" in err.value.message and "quota of 2 processes" in err.value.message
+            assert "2 live" in err.value.message
+            with pytest.raises(libllm.EAGAIN):
+                await alice.fork(pids[0], 1)
+            await bob.spawn(prompt_ids=[1, 2, 3], max_tokens=5)  # another tenant is not limited
+            await alice.wait(pids[0])
+            await alice.spawn(prompt_ids=[1, 2, 3], max_tokens=5)  # room again
+            usage = await root.usage("alice")
+            assert usage["tenants"][0]["quota"]["processes"] == 2
+            assert usage["devices"][0]["name"] == "sim0"
+
+
+async def test_over_quota_queue_mode_holds_the_spawn_until_it_fits(autojump_clock, tmp_path):
+    async with open_system(tmp_path) as (kernel, root):
+        await root.quota_set("alice", processes=1, over_quota="queue")
+        async with libllm.open_client(kernel, uid=1000, tenant="alice") as alice:
+            first = await alice.spawn(prompt_ids=[1, 2, 3], max_tokens=20)
+            second = await alice.spawn(prompt_ids=[1, 2, 3], max_tokens=20)
+            assert (await alice.stat(second))["state"] == "NEW"
+            assert (await alice.usage())["tenants"][0]["held"] == 1
+            done_first = await alice.wait(first)
+            done_second = await alice.wait(second)
+            assert len(done_second.output_ids) == 20
+            assert done_second.stat["started_at"] >= done_first.stat["finished_at"]
+
+
+async def test_kv_block_quota_refuses_a_spawn_once_the_tenant_holds_its_quota(autojump_clock, tmp_path):
+    async with open_system(tmp_path) as (kernel, root):  # blocks of 4 tokens
+        await root.quota_set("alice", kv_blocks=4)
+        async with libllm.open_client(kernel, uid=1000, tenant="alice") as alice:
+            await alice.spawn(prompt_ids=list(range(1, 17)), max_tokens=200)  # 16 tokens: 4 blocks
+            await trio.sleep(1.0)
+            with pytest.raises(libllm.EAGAIN) as err:
+                await alice.spawn(prompt_ids=[1, 2, 3], max_tokens=5)
+            assert "'alice'" in err.value.message and "quota is 4" in err.value.message
+
+
+async def _throughput(kernel: Kernel, tenant: str, pids: list[int], since: float, until: float) -> float:
+    tokens = sum(sum(1 for t in kernel.table.procs[pid].token_times if since <= t < until) for pid in pids)
+    return tokens / (until - since)
+
+
+async def test_a_token_rate_limits_its_tenant_and_leaves_others_alone(autojump_clock, tmp_path):
+    rate, span = 10.0, 60.0
+
+    async def run(limited: bool) -> tuple[float, float]:
+        # Room for every process to keep its KV: a throttled tenant holds its blocks while it
+        # waits, so in a tight pool its wait would cost others memory (see kernel/quotas.py).
+        async with open_system(tmp_path / str(limited), kv_blocks=8192) as (kernel, root):
+            if limited:
+                await root.quota_set("alice", tokens_per_s=rate, burst=8)
+            async with libllm.open_client(kernel, uid=1000, tenant="alice") as alice, \
+                    libllm.open_client(kernel, uid=1001, tenant="bob") as bob:
+                start = kernel.now()
+                a = [await alice.spawn(prompt_ids=[1, 2, 3], max_tokens=4000, ignore_eos=True) for _ in range(3)]
+                b = [await bob.spawn(prompt_ids=[1, 2, 3], max_tokens=4000, ignore_eos=True) for _ in range(3)]
+                await trio.sleep(span)
+                result = (await _throughput(kernel, "alice", a, start + 5, start + span),
+                          await _throughput(kernel, "bob", b, start + 5, start + span))
+                usage = await root.usage()
+                assert {t["tenant"] for t in usage["tenants"]} >= {"alice", "bob"}
+                return result
+
+    alice_free, bob_alone = await run(False)
+    alice_limited, bob_beside = await run(True)
+    print(f"alice limited to {rate}/s: {alice_limited:.2f} tok/s (unlimited {alice_free:.1f}); "
+          f"bob {bob_beside:.1f} tok/s beside it, {bob_alone:.1f} beside an unlimited alice")
+    assert abs(alice_limited - rate) <= 0.1 * rate
+    assert alice_free > 3 * rate
+    assert bob_beside >= 0.9 * bob_alone
