@@ -171,17 +171,26 @@ def record_of(request: Request, proc: Process) -> RequestRecord:
     )
 
 
-async def simulate(config: SimConfig, requests: list[Request]) -> SimResult:
-    """Run ``requests`` on a kernel built from ``config``; call under a MockClock."""
-    kernel_cfg = kernel_config(config, len(requests))
+async def simulate(config: SimConfig, requests: list[Request],
+                   kernel_cfg: KernelConfig | None = None) -> SimResult:
+    """Run ``requests`` on a kernel built from ``config``; call under a MockClock.
+
+    ``kernel_cfg`` replaces the kernel ``kernel_config(config)`` would boot: with a real
+    driver's device, under trio's real clock, the same requests run for real, spawned and
+    recorded exactly as simulated ones (``llmos bench fidelity`` compares the two). Its first
+    device serves the requests; prompts use that device's vocabulary.
+    """
+    if kernel_cfg is None:
+        kernel_cfg = kernel_config(config, len(requests))
+    device_name = kernel_cfg.devices[0].name
     timeline: list[TimelineSample] = []
     records: list[RequestRecord | None] = [None] * len(requests)
     async with open_kernel(kernel_cfg) as kernel:
         # The kernel's clock starts at boot; a simulation's times are relative to the first
         # possible arrival, which is now.
         start = trio.current_time()
-        scheduler = kernel.devices[DEVICE_NAME].scheduler
-        vocab = kernel.devices[DEVICE_NAME].vocab_size
+        scheduler = kernel.devices[device_name].scheduler
+        vocab = kernel.devices[device_name].vocab_size
         sessions = {t: kernel.table.open_session(0, t) for t in sorted({r.tenant for r in requests})}
         request_of: dict[int, Request] = {}
         done = trio.Event()

@@ -60,6 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_sim_arguments(sim)
     add_sim_subcommands(sim)
 
+    model = sub.add_parser("model", help="the model manager of a running kernel: import, list, show, load, unload, update, rm")
+    from .model_cmd import add_model_arguments
+
+    add_model_arguments(model)
+
+    quota = sub.add_parser("quota", help="tenant quotas of a running kernel: set (uid 0), get, list")
+    usage = sub.add_parser("usage", help="per-tenant use beside quota, per-device utilization, running, waiting")
+    from .quota_cmd import add_quota_arguments, add_usage_arguments
+
+    add_quota_arguments(quota)
+    add_usage_arguments(usage)
+
     token = sub.add_parser("token", help="issue a tenant token (uid 0 only); clients present it with --token")
     token.add_argument("--tenant", required=True)
     token.add_argument("--socket", default=None)
@@ -107,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     npu.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per prompt (default %(default)s)")
     npu.add_argument("--spec", default="phone", help="npu preset (default %(default)s)")
     npu.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default %(default)s)")
+    from .bench_fidelity import add_fidelity_arguments
+
+    fidelity = bench_sub.add_parser("fidelity", help="one workload for real on the cpu driver and simulated on a profile calibrated on it: errors")
+    add_fidelity_arguments(fidelity)
     return parser
 
 
@@ -129,6 +145,14 @@ def main(argv: list[str] | None = None) -> int:
         from .inspect import run_inspect
 
         return run_inspect(args)
+    if args.command == "model":
+        from .model_cmd import run_model
+
+        return run_model(args)
+    if args.command in ("quota", "usage"):
+        from .quota_cmd import run_quota, run_usage
+
+        return run_quota(args) if args.command == "quota" else run_usage(args)
     if args.command == "sim":
         from .simulate import run_sim
 
@@ -161,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench_engine import run_bench_engine
 
         return run_bench_engine(args)
+    if args.command == "bench" and args.bench == "fidelity":
+        from .bench_fidelity import run_bench_fidelity
+
+        return run_bench_fidelity(args)
     raise AssertionError(args.command)
 
 

@@ -147,8 +147,15 @@ def test_tiny_calibration_of_the_real_engine(tmp_path) -> None:
     assert meta["device"]["kind"] == "cpu" and meta["device"]["torch_threads"] == 1
     assert meta["model_shape"]["dtype_bytes"] == 4 and meta["model_shape"]["name"] == "default"
     assert meta["fit"]["num_samples"] == len(TINY) and "date" in meta
+    assert meta["statistic"] == "median"
     profile.save(tmp_path / "cpu.json")
     assert load_profile(tmp_path / "cpu.json").coefficients == profile.coefficients
+
+
+def test_calibration_with_the_mean_of_repeats() -> None:
+    profile = calibrate(shapes=TINY, repeats=2, threads=1, statistic="mean")
+    assert profile.metadata["statistic"] == "mean"
+    assert all(s.seconds > 0 for s in profile.samples)
 
 
 @pytest.mark.parametrize(
@@ -160,6 +167,7 @@ def test_tiny_calibration_of_the_real_engine(tmp_path) -> None:
         ({"shapes": []}, "EINVAL"),
         ({"shapes": [[(0, 0)]]}, "EINVAL"),
         ({"repeats": 0}, "EINVAL"),
+        ({"statistic": "mode"}, "EINVAL"),
     ],
 )
 def test_calibrate_errors(kwargs, errno: str) -> None:
