@@ -21,12 +21,16 @@ import itertools
 import logging
 import os
 import secrets
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+
+if sys.version_info < (3, 11):  # pragma: no cover - trio brings the backport on 3.10
+    from exceptiongroup import BaseExceptionGroup
 
 from . import codec, params
 from .errors import KernelError
@@ -571,6 +575,30 @@ async def open_kernel(config: KernelConfig) -> AsyncIterator[Kernel]:
     On exit every live process ends with a status (SIGKILL, "the kernel is shutting down"),
     its readers and waiters are answered, and every server stops.
     """
+    try:
+        async with _open_kernel_nursery(config) as kernel:
+            yield kernel
+    except BaseExceptionGroup as group:
+        # trio >= 0.25 wraps what the block raised (a boot error, say) in a group; a caller
+        # wants the KernelError itself, with its errno, as on older trio.
+        sole = _sole_error(group)
+        if sole is None:
+            raise
+        raise sole from None
+
+
+def _sole_error(group: BaseExceptionGroup) -> BaseException | None:
+    """The one exception (not a group) a chain of single-member groups holds, else None."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
+
+
+@asynccontextmanager
+async def _open_kernel_nursery(config: KernelConfig) -> AsyncIterator[Kernel]:
     async with trio.open_nursery() as nursery:
         kernel = Kernel(config, nursery)
         try:
