@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -129,3 +130,48 @@ async def test_a_token_rate_limits_its_tenant_and_leaves_others_alone(autojump_c
     assert abs(alice_limited - rate) <= 0.1 * rate
     assert alice_free > 3 * rate
     assert bob_beside >= 0.9 * bob_alone
+
+
+async def test_killing_the_resources_service_100_times_loses_no_quota_and_no_process(autojump_clock, tmp_path):
+    kills = 100
+    async with open_system(tmp_path, kv_blocks=8192) as (kernel, root):
+        for index, tenant in enumerate(("alice", "bob", "carol")):
+            await root.quota_set(tenant, processes=50 + index, kv_blocks=4000 + index)
+        quotas = await root.quota_list()
+        before = kernel.supervisor.restarts()["resources"]
+        done = trio.Event()
+        survived = {"quota_list": 0, "quota_get": 0, "quota_set": 0, "usage": 0}
+
+        async def kill_resources() -> None:
+            rng = random.Random(0)
+            for _ in range(kills):
+                await kernel.names.wait_ready("resources")
+                await trio.sleep(rng.uniform(0.0, 0.3))
+                kernel.supervisor.kill("resources")
+            done.set()
+
+        async def use_quotas() -> None:
+            while not done.is_set():
+                assert await root.quota_list() == quotas
+                assert (await root.quota_get("bob"))["processes"] == 51
+                await root.quota_set("carol", processes=52)  # the same value again: no change
+                await root.usage()
+                for op in survived:
+                    survived[op] += 1
+                await trio.sleep(0.1)
+
+        async with libllm.open_client(kernel, uid=1000, tenant="alice") as alice:
+            pids = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(kill_resources)
+                nursery.start_soon(use_quotas)
+                for i in range(30):
+                    pids.append(await alice.spawn(prompt_ids=[1, 2, 3 + i], max_tokens=50, ignore_eos=True, seed=i))
+                    await trio.sleep(1.0)
+            outputs = [(await alice.wait(pid)).output_ids for pid in pids]
+        print(f"\nresources fault injection: injected={kills} survived={kernel.supervisor.restarts()['resources'] - before} "
+              f"calls={sum(survived.values())}")
+        assert kernel.supervisor.restarts()["resources"] - before == kills
+        assert all(len(out) == 50 for out in outputs)  # no process lost
+        assert await root.quota_list() == quotas  # no quota lost
+        assert min(survived.values()) >= 10
