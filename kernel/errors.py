@@ -7,6 +7,11 @@ and userland turns that back into the matching ``LLMOSError`` subclass.
 
 from __future__ import annotations
 
+import sys
+
+if sys.version_info < (3, 11):  # pragma: no cover - trio brings the backport on 3.10
+    from exceptiongroup import BaseExceptionGroup
+
 # The errno names DESIGN.md allows, each with the one-line meaning a user sees first.
 ERRNO_NAMES: dict[str, str] = {
     "EINVAL": "invalid argument",
@@ -45,3 +50,13 @@ class KernelError(Exception):
     def to_wire(self) -> dict[str, str]:
         """The ``error`` map of a failed reply."""
         return {"errno": self.errno, "message": self.message}
+
+
+def sole_exception(exc: BaseException) -> BaseException:
+    """What a chain of one-member exception groups holds (trio >= 0.25 wraps errors in them).
+
+    Returns ``exc`` itself if it is not a group, or a group of several.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -33,7 +33,7 @@ if sys.version_info < (3, 11):  # pragma: no cover - trio brings the backport on
     from exceptiongroup import BaseExceptionGroup
 
 from . import codec, params
-from .errors import KernelError
+from .errors import KernelError, sole_exception
 from .kv_hash import TenantSalts
 from .kv_manager import KVCacheManager
 from .names import NameServer
@@ -581,20 +581,10 @@ async def open_kernel(config: KernelConfig) -> AsyncIterator[Kernel]:
     except BaseExceptionGroup as group:
         # trio >= 0.25 wraps what the block raised (a boot error, say) in a group; a caller
         # wants the KernelError itself, with its errno, as on older trio.
-        sole = _sole_error(group)
-        if sole is None:
+        sole = sole_exception(group)
+        if isinstance(sole, BaseExceptionGroup):
             raise
         raise sole from None
-
-
-def _sole_error(group: BaseExceptionGroup) -> BaseException | None:
-    """The one exception (not a group) a chain of single-member groups holds, else None."""
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        if len(exc.exceptions) != 1:
-            return None
-        exc = exc.exceptions[0]
-    return exc
 
 
 @asynccontextmanager

@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from . import params
-from .errors import KernelError
+from .errors import KernelError, sole_exception
 from .names import NameServer
 from .rpc import RpcClient
 from .server import Server
@@ -122,7 +122,8 @@ class Supervisor:
                     await child.on_start(child.name)
                 self._names.mark_ready(child.name)
         except Exception as exc:  # any failure of the server is a crash to recover from
-            crash = f"{type(exc).__name__}: {exc}"
+            cause = sole_exception(exc)
+            crash = f"{type(cause).__name__}: {cause}"
         finally:
             child.cancel_scope = None
             self._names.unbind(child.name)
