@@ -225,3 +225,9 @@ def test_run_sweep_with_the_real_runner(tmp_path):
     config = json.loads((tmp_path / "point-001" / "config.json").read_text())
     assert config["policy"] == "srpt" and config["workload"]["num_requests"] == 4
     assert "max_seqs" in config  # the runner's defaults, filled in
+
+
+def test_the_example_sweep_in_the_repository_loads():
+    points = load_sweep(Path(__file__).resolve().parents[2] / "examples" / "sweep.toml")
+    assert len(points) == 6
+    assert {p["policy"] for p in points} == {"fcfs", "mlfq", "srpt"}
