@@ -353,6 +353,7 @@ class DeviceScheduler:
         self.last_batch = (len(in_run), len(in_run))
         block_size = self.kv.block_size
         ended_at = horizon.ends[stop_step - 1]
+        served: dict[str, int] = {}  # tokens per tenant, charged once per tenant below
         for index in in_run:
             proc = horizon.procs[index]
             if proc.state is not ProcState.RUNNING:
@@ -362,8 +363,7 @@ class DeviceScheduler:
             before = proc.num_computed
             proc.num_computed += num
             proc.output_ids += horizon.tokens(index, first_step, stop_step)
-            if self.limiter is not None:
-                self.limiter.charge(proc.tenant, num, ended_at)
+            served[proc.tenant] = served.get(proc.tenant, 0) + num
             proc.token_times += times
             if self.kv.blocks_for(proc.num_computed) > self.kv.table_len(proc.pid):
                 # The blocks these steps wrote into, taken now (lookahead_steps checked they are free).
@@ -381,6 +381,7 @@ class DeviceScheduler:
                 self.finish(proc, ExitStatus(ExitReason.LENGTH, message=f"reached max_tokens={proc.max_tokens}"), ended_at)
             elif proc.pending_term and stop_step == horizon.num_steps:
                 self.finish(proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"))
+        self._charge(served, ended_at)
 
     def _record_op(self, op: str, pid: int | None, reply: Any) -> None:
         """Book-keeping for a driver op that just ran (the handle and bytes of a swap-out)."""
@@ -420,7 +421,9 @@ class DeviceScheduler:
         order = decoding + others + ranked[self.config.max_seqs :]
         admitting = True  # the first waiting process that cannot get memory closes admission
         kv = self.kv
-        limiter, self._throttled_until = self.limiter, float("inf")
+        # Only a configured token rate can throttle anyone: otherwise skip the per-process check.
+        limiter = self.limiter if self.limiter is not None and self.limiter.rate_limited else None
+        self._throttled_until = float("inf")
         for proc in order:
             if len(chunks) >= self.config.max_seqs or budget <= 0:
                 break
@@ -516,6 +519,7 @@ class DeviceScheduler:
         self.stats.num_tokens += batch.num_tokens
         self.stats.busy_s += result.elapsed_s
         self.last_batch = (len(batch.seqs), batch.num_tokens)
+        served: dict[str, int] = {}  # sampled tokens per tenant, charged once per tenant below
         for proc, chunk, token in zip(procs, batch.seqs, result.tokens, strict=True):
             if proc.state is ProcState.ZOMBIE:
                 continue  # killed while the step ran; its blocks are already free
@@ -535,8 +539,7 @@ class DeviceScheduler:
                 continue
             if chunk.sample and token is not None:
                 proc.output_ids.append(int(token))
-                if self.limiter is not None:
-                    self.limiter.charge(proc.tenant, 1, now)
+                served[proc.tenant] = served.get(proc.tenant, 0) + 1
                 proc.token_times.append(now)
                 if proc.first_token_at is None:
                     proc.first_token_at = now
@@ -547,6 +550,13 @@ class DeviceScheduler:
                     self.finish(proc, ExitStatus(ExitReason.LENGTH, message=f"reached max_tokens={proc.max_tokens}"), now)
             if proc.pending_term and proc.alive:
                 self.finish(proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"), now)
+        self._charge(served, now)
+
+    def _charge(self, served: dict[str, int], now: float) -> None:
+        """Tell the tenant limiter what each tenant generated in a step (one call per tenant)."""
+        if self.limiter is not None:
+            for tenant, num_tokens in served.items():
+                self.limiter.charge(tenant, num_tokens, now)
 
     def reset_kv(self) -> None:
         """Every KV block and swapped copy of this device is gone: recompute everyone."""
