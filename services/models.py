@@ -52,8 +52,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -65,7 +64,7 @@ from llmos.kernel.server import Server
 
 from . import manifest as manifests
 from .home import llmos_home
-from .securefiles import ensure_private_dir, replace_file
+from .securefiles import absolute_path_arg, ensure_private_dir, os_errors, replace_file
 
 SecurityCall = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
@@ -100,22 +99,7 @@ def parse_ref(op: str, ref: str) -> tuple[str, str | None]:
 
 
 def _source_directory(args: Args) -> Path:
-    path = Path(args.text("path", max_len=MAX_PATH_CHARS))
-    if not path.is_absolute():
-        raise KernelError("EINVAL", f"{args.op}: argument 'path' must be an absolute path, not {str(path)!r}")
-    return path
-
-
-@contextmanager
-def _os_errors(op: str) -> Iterator[None]:
-    """A file system error becomes an errno reply: a bad path must not crash the server."""
-    try:
-        yield
-    except OSError as exc:
-        errno = {PermissionError: "EACCES", FileNotFoundError: "ENOENT", NotADirectoryError: "ENOENT",
-                 FileExistsError: "EEXIST"}.get(type(exc), "EIO")
-        where = f" ({exc.filename})" if exc.filename else ""
-        raise KernelError(errno, f"{op}: {exc.strerror or exc}{where}") from None
+    return absolute_path_arg(args.op, args.text("path", max_len=MAX_PATH_CHARS))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -234,7 +218,7 @@ class ModelServer(Server):
         return name, version
 
     def _envelope(self, name: str, version: str) -> dict[str, Any]:
-        with _os_errors("models"):
+        with os_errors("models"):
             envelope = manifests.read_envelope(self.store / name / version)
         if not isinstance(envelope, dict) or not isinstance(envelope.get("manifest"), dict):
             raise KernelError("EACCES", f"{name}@{version}: its {manifests.MANIFEST_FILE} is not a signed manifest")
@@ -295,7 +279,7 @@ class ModelServer(Server):
                     raise KernelError("EEXIST", f"import: a model named {name!r} exists (versions {', '.join(versions)}); "
                                                 f"use update to add a version")
                 # From here to the reply nothing awaits: a kill lands before the rename or after it.
-                with _os_errors(op):
+                with os_errors(op):
                     ensure_private_dir(self.store / name)
                     os.rename(staging, self.store / name / version)
             finally:
@@ -305,10 +289,10 @@ class ModelServer(Server):
 
     async def _stage(self, op: str, source: Path, staging: Path, name: str, version: str) -> dict[str, Any]:
         """Copy ``source`` into ``staging`` and have the security service sign it there."""
-        with _os_errors(op):
+        with os_errors(op):
             staging.mkdir(mode=0o700)
             size = sum(p.stat().st_size for p in source.rglob("*") if p.is_file()) if source.is_dir() else 0
-        with _os_errors(op):
+        with os_errors(op):
             if size <= INLINE_COPY_BYTES:
                 copy_checkpoint(source, staging)
             else:  # not abandoned on cancel: a kill waits for the copy, so instances never overlap
@@ -396,7 +380,7 @@ class ModelServer(Server):
             if busy:
                 what = ", ".join(f"{name}@{v}" for v in busy)
                 raise KernelError("EBUSY", f"rm: {what} {'is' if len(busy) == 1 else 'are'} loaded; unload first (llmos model unload)")
-            with _os_errors("rm"):
+            with os_errors("rm"):
                 trash = self.store / f"{TRASH_PREFIX}{secrets.token_hex(6)}"
                 if version is None or self._versions(name) == [version]:
                     os.rename(self.store / name, trash)  # the whole model disappears at once

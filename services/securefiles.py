@@ -177,3 +177,23 @@ def remove_stale_temps(directory: Path, min_age_s: float = 60.0) -> int:
         except OSError:
             pass
     return removed
+
+
+@contextmanager
+def os_errors(op: str) -> Iterator[None]:
+    """Turn a file system error into an errno reply: a bad path must not crash a server."""
+    try:
+        yield
+    except OSError as exc:
+        errno = {PermissionError: "EACCES", FileNotFoundError: "ENOENT", NotADirectoryError: "ENOENT",
+                 FileExistsError: "EEXIST", IsADirectoryError: "EINVAL"}.get(type(exc), "EIO")
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise KernelError(errno, f"{op}: {exc.strerror or exc}{where}") from None
+
+
+def absolute_path_arg(op: str, value: str) -> Path:
+    """A request's ``path`` argument, which must be absolute (a server has no useful cwd)."""
+    path = Path(value)
+    if not path.is_absolute():
+        raise KernelError("EINVAL", f"{op}: argument 'path' must be an absolute path, not {str(path)!r}")
+    return path

@@ -21,8 +21,7 @@ caller's session; a user never talks to it directly.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -38,6 +37,7 @@ from .capabilities import CapabilityAuthority
 from .crypto import TenantCipher, load_master_key
 from .home import llmos_home
 from .keys import KeyStore
+from .securefiles import absolute_path_arg, os_errors
 
 INLINE_HASH_BYTES = 8 << 20  # model directories smaller than this are hashed without a thread
 MAX_TAIL = 1000  # entries one audit_tail may return
@@ -80,27 +80,12 @@ def _text_list(args: Args, name: str, max_len: int = 16) -> list[str]:
 
 
 def _directory(args: Args) -> Path:
-    path = Path(args.text("path", max_len=MAX_PATH_CHARS))
-    if not path.is_absolute():
-        raise KernelError("EINVAL", f"{args.op}: argument 'path' must be an absolute path, not {str(path)!r}")
-    return path
-
-
-@contextmanager
-def _os_errors(op: str) -> Iterator[None]:
-    """Turn a file system error into an errno reply: a bad path must not crash the server."""
-    try:
-        yield
-    except OSError as exc:
-        errno = {PermissionError: "EACCES", FileNotFoundError: "ENOENT", NotADirectoryError: "ENOENT",
-                 IsADirectoryError: "EINVAL"}.get(type(exc), "EIO")
-        where = f" ({exc.filename})" if exc.filename else ""
-        raise KernelError(errno, f"{op}: {exc.strerror or exc}{where}") from None
+    return absolute_path_arg(args.op, args.text("path", max_len=MAX_PATH_CHARS))
 
 
 async def _hash_work(op: str, func: Callable[[], T], num_bytes: int) -> T:
     """Run hashing inline when small, else in a worker thread so the event loop stays live."""
-    with _os_errors(op):
+    with os_errors(op):
         if num_bytes <= INLINE_HASH_BYTES:
             return func()
         # Not abandoned on cancel: a kill waits for the thread, so two instances never overlap.
@@ -168,7 +153,7 @@ class SecurityServer(Server):
         target = None
         if write:
             target = directory / manifests.MANIFEST_FILE
-            with _os_errors("sign_manifest"):
+            with os_errors("sign_manifest"):
                 manifests.write_envelope(target, envelope)
         self._record("security.manifest_signed", name=name, version=version, path=str(directory),
                      key_id=self.keys.key_id, files=len(manifest["files"]), bytes=manifests.total_bytes(manifest))
@@ -186,7 +171,7 @@ class SecurityServer(Server):
         self._check_ready()
         try:
             if envelope is None:
-                with _os_errors("verify_manifest"):
+                with os_errors("verify_manifest"):
                     envelope = manifests.read_envelope(directory)
             manifest, key_id = manifests.verify_envelope(envelope, self.keys)
             count = await _hash_work("verify_manifest", lambda: manifests.verify_files(manifest, directory), manifests.total_bytes(manifest))
