@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from llmos.kernel.args import Args
-from llmos.kernel.batch import SHAPE_COLUMNS, SamplingParams, StepResult
+from llmos.kernel.batch import SHAPE_COLUMNS, StepResult
 from llmos.kernel.errors import KernelError
 from llmos.sim.costmodel import CostModel, LinearCost, make_cost_model
 from llmos.sim.errors import SimError
@@ -46,12 +46,6 @@ def sim_tokens(seeds: np.ndarray, indices: np.ndarray, vocab_size: int) -> np.nd
     with np.errstate(over="ignore"):
         x = seeds.astype(np.uint64) * np.uint64(_SEED_MUL) + indices.astype(np.uint64)
         return (_splitmix64(x) % np.uint64(vocab_size)).astype(np.int64)
-
-
-def sim_token(sampling: SamplingParams, vocab_size: int) -> int:
-    """The token a simulated process samples at ``sampling.sample_index``."""
-    seeds = np.array([sampling.seed & _MASK], dtype=np.uint64)
-    return int(sim_tokens(seeds, np.array([sampling.sample_index], dtype=np.uint64), vocab_size)[0])
 
 
 class SimDriver(DriverServer):
