@@ -29,7 +29,6 @@ from llmos.sim.errors import SimError
 from .base import DriverServer
 
 MAX_STEPS = 4096  # decode steps one step call may cover
-_MASK = (1 << 64) - 1
 _SEED_MUL = 0xD1342543DE82EF95  # odd 64-bit multiplier spreading seeds apart (Steele & Vigna)
 
 
