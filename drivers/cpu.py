@@ -121,7 +121,7 @@ class TorchDriver(DriverServer):
 
     async def do_swap_out(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Copy blocks to host memory; returns a handle for ``swap_in`` and the bytes moved."""
-        blocks = self._block_ids(Args("swap_out", raw, ("blocks",)), "blocks")
+        blocks = self._block_ids(Args("swap_out", raw, ("blocks", "tenant")), "blocks")
         tensors = await self.compute.run(self.engine.swap_out, blocks)
         handle = next(self._handles)
         self._swapped[handle] = tensors

@@ -183,7 +183,7 @@ class SimDriver(DriverServer):
 
     async def do_swap_out(self, raw: dict[str, Any]) -> dict[str, Any]:
         """'Copy' blocks to host memory: a handle and the bytes a real device would move."""
-        blocks = self._block_ids(Args("swap_out", raw, ("blocks",)), "blocks")
+        blocks = self._block_ids(Args("swap_out", raw, ("blocks", "tenant")), "blocks")
         handle = next(self._handles)
         self._swapped[handle] = len(blocks)
         return {"handle": handle, "bytes": len(blocks) * self.block_size * self.kv_bytes_per_token}

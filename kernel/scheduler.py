@@ -716,7 +716,8 @@ class DeviceScheduler:
         if pairs is not None:
             self.stats.num_swaps += 1
             proc.acct.num_swaps += 1
-            self._ops.append(("swap_out", {"blocks": [b for b, _ in pairs]}, proc.pid))
+            # The tenant travels so a driver that swaps to disk encrypts under that tenant's key.
+            self._ops.append(("swap_out", {"blocks": [b for b, _ in pairs], "tenant": proc.tenant}, proc.pid))
             self._table.set_state(proc, ProcState.SWAPPED)
         else:
             self.stats.num_recomputes += 1
