@@ -39,6 +39,7 @@ from .kv_manager import KVCacheManager
 from .names import NameServer
 from .policy import make_policy
 from .process import ExitReason, ExitStatus, Process, ProcState, Signal
+from .process_caps import ProcessCapabilities
 from .proctable import ProcessTable, Session
 from .quotas import QuotaKeeper
 from .residency import ModelResidency
@@ -165,6 +166,10 @@ class Kernel:
         self.residency = ModelResidency(self)
         # Tenant quotas, cached from the resources service (kernel/quotas.py); None without it.
         self.quotas = QuotaKeeper(self.table, self._blocks_of, self._submit) if "resources" in config.services else None
+        # Processes' capabilities, minted and checked by the security service; inert without it.
+        self.caps = ProcessCapabilities(self._security_call if "security" in config.services else None)
+        if self.caps.enabled:
+            self.table.on_exit = self.caps.exited
         for link in config.links:
             link.bind(self.names)
 
@@ -174,6 +179,9 @@ class Kernel:
         """Start every service, then every device (driver, model, KV pool, scheduler)."""
         for name, factory in self.config.services.items():
             await self.supervisor.start(name, factory)
+        if self.caps.enabled:
+            await self.caps.start()
+            self._nursery.start_soon(self.caps.run_revoker)
         if self.quotas is not None:
             listed = await self.call_service("resources", "list_quotas", {})
             self.quotas.load(listed["quotas"], self.now())
@@ -317,6 +325,9 @@ class Kernel:
                     raise
                 log.info("service %s died during %s; retrying", name, op)
                 retried = True
+
+    async def _security_call(self, op: str, args: dict[str, Any]) -> Any:
+        return await self.call_service("security", op, args)
 
     # -- syscalls ----------------------------------------------------------------------------
 

@@ -152,6 +152,8 @@ class Process:
 
     # Changed by syscalls (nice, kill) and the scheduler.
     nice: int = 0
+    nice_floor: int = 0  # the lowest nice its priority capability lets its owner set again
+    caps: dict[str, str] = field(default_factory=dict)  # kind -> capability handle (kernel/process_caps.py)
     state: ProcState = ProcState.NEW
     pending_term: bool = False  # SIGTERM seen; ends at the next step boundary
     state_since: float = 0.0  # kernel time of the last state change (for accounting)

@@ -39,6 +39,7 @@ class ProcessTable:
         self.procs: dict[int, Process] = {}
         self.sessions: dict[int, Session] = {params.PID_INIT: Session(params.PID_INIT, 0, "system")}
         self._exited = trio.Event()  # set (and replaced) whenever a process exits
+        self.on_exit: Callable[[Process], None] | None = None  # told of each exit (capability revocation)
 
     # -- pids and sessions ---------------------------------------------------------------
 
@@ -114,6 +115,8 @@ class ProcessTable:
         proc.exit_status = status
         proc.finished_at = self._clock() if at is None else at
         proc.notify()
+        if self.on_exit is not None:
+            self.on_exit(proc)
         self._exited.set()
         self._exited = trio.Event()
         if proc.session == params.PID_INIT:

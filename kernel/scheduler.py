@@ -178,6 +178,12 @@ class DeviceScheduler:
         elif sig is Signal.SIGCONT and proc.state is ProcState.STOPPED:
             self.submit(proc)
 
+    def end(self, proc: Process, status: ExitStatus) -> None:
+        """End ``proc`` now with ``status``, as SIGKILL would (a multi-step run stops at this step)."""
+        self.settle()
+        self._wake()
+        self.finish(proc, status)
+
     def fork(self, parent: Process, children: list[Process]) -> None:
         """Let ``children`` share the parent's computed KV blocks copy-on-write, then queue them."""
         self.settle()

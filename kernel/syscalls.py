@@ -15,7 +15,8 @@ from . import params
 from .args import Args
 from .batch import SamplingParams
 from .errors import KernelError
-from .process import Process, Signal
+from .process import ExitReason, ExitStatus, Process, Signal
+from .process_caps import RUNNING_KINDS
 from .proctable import Session
 
 if TYPE_CHECKING:
@@ -89,12 +90,18 @@ async def sys_spawn(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str
         deadline=None if deadline_s is None else now + deadline_s,
         detached=a.flag("detach", False),
         nice=nice,
+        nice_floor=nice,
     )
-    held = k.quotas is not None and not k.quotas.admit("spawn", proc)  # EAGAIN over quota
+    caps = await k.caps.grant(proc)  # None without a security service
+    try:
+        held = k.quotas is not None and not k.quotas.admit("spawn", proc)  # EAGAIN over quota
+    except KernelError:
+        k.caps.forget(proc.pid)
+        raise
     k.table.add(proc)
     if not held:  # held: stays NEW until its tenant is back under quota (kernel/quotas.py)
         device.scheduler.submit(proc)
-    return {"pid": proc.pid, "device": device.name, "held": held}
+    return {"pid": proc.pid, "device": device.name, "held": held, "caps": caps}
 
 
 async def sys_read(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
@@ -150,6 +157,31 @@ async def sys_fork(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str,
     parent = k.table.get(a.integer("pid"))
     n = a.integer("n", 1, 1, params.MAX_FORK_CHILDREN)
     _owned(caller, parent, "fork")
+    if k.caps.enabled and parent.alive:
+        # Forking runs the parent's model again: its model capability must still hold.
+        await k.caps.check(parent, parent.caps.get("model", ""), "model", "fork")
+    _check_fork(k, parent, n)
+    pids = [k.table.allocate_pid() for _ in range(n)]
+    caps: list[dict[str, str]] = [{} for _ in pids]
+    if k.caps.enabled:
+        for index, pid in enumerate(pids):
+            caps[index] = await k.caps.grant(_fork_child(k, parent, index, pid)) or {}
+        try:
+            _check_fork(k, parent, n)  # again: the parent or the table moved while minting
+        except KernelError:
+            for pid in pids:
+                k.caps.forget(pid)
+            raise
+    # Built after the awaits: a child starts from what its parent has *now*, as its KV does.
+    children = [_fork_child(k, parent, index, pid, caps[index]) for index, pid in enumerate(pids)]
+    for child in children:
+        k.table.add(child)
+    k.devices[parent.device].scheduler.fork(parent, children)  # shares the parent's KV blocks copy-on-write
+    return {"pids": [c.pid for c in children], "caps": [c.caps for c in children] if k.caps.enabled else None}
+
+
+def _check_fork(k: Kernel, parent: Process, n: int) -> None:
+    """ESRCH if ``parent`` ended; EAGAIN if ``n`` children exceed the table or the tenant's quota."""
     if not parent.alive:
         raise KernelError("ESRCH", f"fork: process {parent.pid} has already exited")
     if k.table.num_live() + n > k.table.max_processes:
@@ -157,30 +189,29 @@ async def sys_fork(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str,
     reason = k.quotas.over_quota(parent.tenant, n) if k.quotas is not None else None
     if reason is not None:  # fork never queues: its children would start from a stale parent
         raise KernelError("EAGAIN", f"fork: {reason}")
-    device = k.devices[parent.device]
-    children = []
-    for index in range(n):
-        child = Process(
-            pid=k.table.allocate_pid(),
-            ppid=parent.pid,
-            session=parent.session,
-            uid=parent.uid,
-            tenant=parent.tenant,
-            model=parent.model,
-            device=parent.device,
-            prompt_ids=parent.all_ids,  # the child's prompt is everything its parent has so far
-            max_tokens=max(1, parent.max_tokens - len(parent.output_ids)),
-            sampling=_child_sampling(parent.sampling, parent.pid, index),
-            stop_ids=parent.stop_ids,
-            created_at=k.now(),
-            deadline=parent.deadline,
-            detached=parent.detached,
-            nice=parent.nice,
-        )
-        k.table.add(child)
-        children.append(child)
-    device.scheduler.fork(parent, children)  # shares the parent's KV blocks copy-on-write
-    return {"pids": [c.pid for c in children]}
+
+
+def _fork_child(k: Kernel, parent: Process, index: int, pid: int, caps: dict[str, str] | None = None) -> Process:
+    """Fork child ``index`` of ``parent``: everything the parent has so far is its prompt."""
+    return Process(
+        pid=pid,
+        ppid=parent.pid,
+        session=parent.session,
+        uid=parent.uid,
+        tenant=parent.tenant,
+        model=parent.model,
+        device=parent.device,
+        prompt_ids=parent.all_ids,
+        max_tokens=max(1, parent.max_tokens - len(parent.output_ids)),
+        sampling=_child_sampling(parent.sampling, parent.pid, index),
+        stop_ids=parent.stop_ids,
+        created_at=k.now(),
+        deadline=parent.deadline,
+        detached=parent.detached,
+        nice=parent.nice,
+        nice_floor=parent.nice_floor,
+        caps=caps or {},
+    )
 
 
 def _child_sampling(parent: SamplingParams, parent_pid: int, index: int) -> SamplingParams:
@@ -191,13 +222,20 @@ def _child_sampling(parent: SamplingParams, parent_pid: int, index: int) -> Samp
 
 
 async def sys_nice(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
-    """Set a process's nice value; only uid 0 may lower it (raise its priority)."""
-    a = Args("nice", raw, ("pid", "value"))
+    """Set a process's nice value. Lowering it (raising priority) takes uid 0, or the process's
+    priority capability (``cap``), which allows values down to the nice it was started with."""
+    a = Args("nice", raw, ("pid", "value", "cap"))
     proc = k.table.get(a.integer("pid"))
     value = a.integer("value", lo=params.NICE_MIN, hi=params.NICE_MAX)
+    cap = a.text("cap", None, max_len=4096)
     _owned(caller, proc, "nice")
     if value < proc.nice and caller.uid != 0:
-        raise KernelError("EPERM", f"nice: only uid 0 may lower nice ({proc.nice} -> {value})")
+        if cap is None:
+            how = "or the process's priority capability (cap=, from spawn or stat)" if k.caps.enabled else "(without a security service there are no capabilities)"
+            raise KernelError("EPERM", f"nice: lowering nice ({proc.nice} -> {value}) takes uid 0 {how}")
+        await k.caps.check(proc, cap, "priority", "renice")
+        if value < proc.nice_floor:
+            raise KernelError("EPERM", f"nice: process {proc.pid}'s priority capability allows nice >= {proc.nice_floor}, not {value}")
     proc.nice = value
     return {"pid": proc.pid, "nice": value}
 
@@ -219,7 +257,27 @@ async def sys_stat(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str,
     proc = k.table.get(a.integer("pid"))
     info = proc.stat(k.now())
     info["kv_blocks"] = len(k.devices[proc.device].scheduler.kv.table(proc.pid))
+    info["nice_floor"] = proc.nice_floor
+    if caller.uid in (0, proc.uid):  # handles are bound to the pid, but still the owner's business
+        info["caps"] = dict(proc.caps) if k.caps.enabled else None
     return info
+
+
+async def sys_cap_revoke(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
+    """Revoke one capability of a process (its owner or uid 0). A model or device capability
+    is in use while the process runs, so revoking one ends the process with EPERM."""
+    handle = Args("cap_revoke", raw, ("handle",)).text("handle", max_len=4096)
+    k.require_service("security", "cap_revoke")
+    proc = next((p for p in k.table if handle in p.caps.values()), None)
+    if proc is None:
+        raise KernelError("ESRCH", "cap_revoke: no process holds that capability (its process was reaped, or it was never minted)")
+    _owned(caller, proc, "cap_revoke")
+    kind = await k.caps.revoke(proc, handle)
+    ended = kind in RUNNING_KINDS and proc.alive
+    if ended:
+        status = ExitStatus(ExitReason.ERROR, errno="EPERM", message=f"its {kind} capability was revoked")
+        k.devices[proc.device].scheduler.end(proc, status)
+    return {"pid": proc.pid, "kind": kind, "ended": ended}
 
 
 async def sys_uname(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, Any]:
@@ -409,6 +467,7 @@ SYSCALLS: dict[str, Handler] = {
     "kill": sys_kill,
     "fork": sys_fork,
     "nice": sys_nice,
+    "cap_revoke": sys_cap_revoke,
     "ps": sys_ps,
     "stat": sys_stat,
     "uname": sys_uname,
@@ -425,6 +484,6 @@ SYSCALLS: dict[str, Handler] = {
 }
 
 # Syscalls that may block; each runs in its own task so a connection can have several waiting.
-BLOCKING_SYSCALLS = frozenset({"read", "wait", "spawn", "tokenize", "detokenize", "model_import", "model_update",
+BLOCKING_SYSCALLS = frozenset({"read", "wait", "spawn", "fork", "nice", "cap_revoke", "tokenize", "detokenize", "model_import", "model_update",
                                "model_list", "model_show", "model_verify", "model_rm", "model_load", "model_unload",
                                "quota_set", "quota_get", "quota_list", "usage"})

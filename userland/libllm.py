@@ -123,9 +123,21 @@ class Client:
         """Start ``n`` children continuing from ``pid``'s tokens so far; returns their pids."""
         return (await self.call("fork", pid=pid, n=n))["pids"]
 
-    async def nice(self, pid: int, value: int) -> int:
-        """Set ``pid``'s nice value (-20..19); returns it."""
-        return (await self.call("nice", pid=pid, value=value))["nice"]
+    async def nice(self, pid: int, value: int, cap: str | None = None) -> int:
+        """Set ``pid``'s nice value (-20..19); returns it.
+
+        Lowering it takes uid 0 or ``cap``, the process's priority capability (``caps(pid)``),
+        which allows any value down to the nice the process was started with.
+        """
+        return (await self.call("nice", pid=pid, value=value, cap=cap))["nice"]
+
+    async def caps(self, pid: int) -> dict[str, str]:
+        """``pid``'s capability handles by kind (model, device, priority); {} without a security service."""
+        return (await self.call("stat", pid=pid)).get("caps") or {}
+
+    async def cap_revoke(self, handle: str) -> dict[str, Any]:
+        """Revoke a capability; revoking a model or device one ends its process (EPERM)."""
+        return await self.call("cap_revoke", handle=handle)
 
     async def ps(self) -> list[dict[str, Any]]:
         """One row per process."""

@@ -48,13 +48,16 @@ async def cmd_ps(sh: Shell, args: list[str]) -> None:
 
 
 async def cmd_nice(sh: Shell, args: list[str]) -> None:
-    """nice PID|%JOB VALUE: set a process's nice value (-20..19)"""
+    """nice PID|%JOB VALUE: set a process's nice value (-20..19); back down to its start value too"""
     usage = "usage: nice PID|%JOB VALUE"
     if len(args) != 2 or not args[1].lstrip("-").isdigit():
         raise UsageError(usage)
     pid = sh.jobs.find(args[0]).pid if args[0].startswith("%") else _pid(args[0], usage)
     with about(args[0]):
-        await sh.llm.nice(pid, int(args[1]))
+        # Present the process's priority capability (if the kernel minted one), so a user can
+        # take back the priority they started it with, as the capability allows, and no more.
+        cap = (await sh.llm.caps(pid)).get("priority")
+        await sh.llm.nice(pid, int(args[1]), cap=cap)
 
 
 async def cmd_fork(sh: Shell, args: list[str]) -> None:
