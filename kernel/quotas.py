@@ -8,9 +8,16 @@ kernel anyway), so enforcing them never costs an IPC round trip:
   with EAGAIN, or, where the tenant's quota says ``over_quota = "queue"``, the process is
   created and held in state NEW until the tenant is back under quota (re-checked whenever a
   process exits or a quota changes).
+- KV blocks as processes grow (``kv_room``, through the schedulers' ``limiter`` hook), like a
+  cgroup's memory.max: a tenant at its quota cannot take another block; the planner preempts
+  the tenant's own lowest-ranked process to make room, never another tenant's, and admits none
+  of its waiting processes until they fit. A process that alone needs more than the quota
+  ends with ENOMEM.
 - tokens per second: a token bucket per tenant, charged per generated token by the device
   schedulers (their ``limiter`` hook); a tenant whose bucket is empty has its processes
-  skipped by the planner until it refills.
+  skipped by the planner until it refills, and they are the first the planner preempts when
+  another process needs memory: blocks of a process that may not run are better used by one
+  that may.
 
 It also counts, per tenant, the tokens generated and their recent rate: the telemetry of
 ``usage``.
@@ -89,10 +96,6 @@ class TokenBucket:
 class QuotaKeeper:
     """The kernel's cached quotas, token buckets, held spawns and per-tenant token counters.
 
-    A tenant over its token rate keeps its processes' KV blocks while it waits for its bucket
-    to refill; in a tight pool that memory is missing to others (they get preempted more).
-    Known limitation: preempting throttled tenants first would fix it.
-
     Args:
         table: the process table (live processes per tenant).
         blocks_of: KV blocks a process holds on its device now.
@@ -135,6 +138,21 @@ class QuotaKeeper:
     def rate_limited(self) -> bool:
         """Whether any tenant has a token rate (the schedulers then plan one step at a time)."""
         return bool(self._buckets)
+
+    @property
+    def kv_limited(self) -> bool:
+        """Whether any tenant has a KV-block quota (checked as processes grow)."""
+        return any(q.kv_blocks is not None for q in self.quotas.values())
+
+    def kv_quota(self, tenant: str) -> int | None:
+        """``tenant``'s KV-block quota, or None."""
+        quota = self.quotas.get(tenant)
+        return None if quota is None else quota.kv_blocks
+
+    def kv_room(self, tenant: str) -> int | None:
+        """KV blocks ``tenant`` may still take (negative: over), or None without a KV quota."""
+        limit = self.kv_quota(tenant)
+        return None if limit is None else limit - self.use(tenant)[1]
 
     # -- processes and KV blocks at spawn ------------------------------------------------------
 

@@ -57,6 +57,16 @@ class TenantLimiter(Protocol):
     def allows(self, tenant: str, now: float) -> float | None:
         """None if ``tenant`` may be scheduled now; else when it may again."""
 
+    @property
+    def kv_limited(self) -> bool:
+        """Some tenant has a KV-block quota: check ``kv_room`` before a table grows."""
+
+    def kv_quota(self, tenant: str) -> int | None:
+        """``tenant``'s KV-block quota, or None."""
+
+    def kv_room(self, tenant: str) -> int | None:
+        """KV blocks ``tenant`` may still take (negative: over), or None without a KV quota."""
+
     def charge(self, tenant: str, num_tokens: int, now: float) -> None:
         """``tenant`` generated ``num_tokens`` tokens at ``now``."""
 
@@ -137,6 +147,7 @@ class DeviceScheduler:
         # it does not allow until ``_throttled_until``, when the loop wakes to plan again.
         self.limiter: TenantLimiter | None = None
         self._throttled_until = float("inf")
+        self._throttled: set[int] = set()  # running pids the limiter keeps out of this plan
 
     # -- what syscalls call ------------------------------------------------------------------
 
@@ -430,6 +441,9 @@ class DeviceScheduler:
         # Only a configured token rate can throttle anyone: otherwise skip the per-process check.
         limiter = self.limiter if self.limiter is not None and self.limiter.rate_limited else None
         self._throttled_until = float("inf")
+        self._throttled = set() if limiter is None else {
+            p.pid for p in self._running if limiter.allows(p.tenant, now) is not None}
+        kv_limited = self.limiter is not None and self.limiter.kv_limited
         for proc in order:
             if len(chunks) >= self.config.max_seqs or budget <= 0:
                 break
@@ -449,6 +463,8 @@ class DeviceScheduler:
                 if not self._make_room(proc, num_new):
                     continue
             elif admitting:
+                if kv_limited and self._over_kv_quota(proc, min(proc.num_tokens, proc.num_computed + budget)):
+                    continue  # its tenant is at its KV-block quota; other tenants may still enter
                 admitted = self._admit(proc, budget)
                 if admitted is None:
                     admitting = False  # later arrivals do not jump the head of the line
@@ -476,9 +492,10 @@ class DeviceScheduler:
         """Steps each sequence may take in this driver call (``horizon.py``); None: one step."""
         if not (self.modeled_time and self.shape_batches):
             return None
-        if self.limiter is not None and self.limiter.rate_limited:
-            # A multi-step run would not stop when a tenant's bucket runs dry: with any token
-            # rate configured, plan one step at a time (exact, at the cost of multi-step).
+        if self.limiter is not None and (self.limiter.rate_limited or self.limiter.kv_limited):
+            # A multi-step run would not stop when a tenant's bucket runs dry or its processes
+            # grow past its KV quota: with either configured, plan one step at a time (exact,
+            # at the cost of multi-step).
             return None
         limit = min(self.config.max_steps, self.driver_max_steps)
         seq_steps = lookahead_steps(self._chosen, batch, self.kv, limit, len(self._running),
@@ -506,11 +523,45 @@ class DeviceScheduler:
         return proc.state is ProcState.RUNNING and proc.num_tokens - proc.num_computed == 1
 
     def _victims_below(self, proc: Process) -> list[Process]:
-        """Running processes ranked below ``proc`` and not in this step's batch, lowest last."""
+        """Running processes ranked below ``proc`` and not in this step's batch, lowest last;
+        then, whatever their rank, those whose tenant's token rate keeps them from running
+        (they would hold their blocks idle), so they are preempted first."""
         mine = self._rank.get(proc.pid, len(self._rank))
         victims = [p for p in self._running if p is not proc and p not in self._chosen
-                   and self._rank.get(p.pid, len(self._rank)) > mine]
-        return sorted(victims, key=lambda p: self._rank.get(p.pid, len(self._rank)))
+                   and self._rank.get(p.pid, len(self._rank)) > mine and p.pid not in self._throttled]
+        victims.sort(key=lambda p: self._rank.get(p.pid, len(self._rank)))
+        if self._throttled:
+            idle = [p for p in self._running if p.pid in self._throttled and p is not proc and p not in self._chosen]
+            victims += sorted(idle, key=lambda p: self._rank.get(p.pid, len(self._rank)))
+        return victims
+
+    def _over_kv_quota(self, proc: Process, num_tokens: int) -> bool:
+        """Whether covering ``num_tokens`` would take ``proc``'s tenant past its KV-block quota."""
+        more = self.kv.blocks_for(num_tokens) - self.kv.table_len(proc.pid)
+        if more <= 0:
+            return False
+        room = self.limiter.kv_room(proc.tenant) if self.limiter is not None else None
+        return room is not None and more > room
+
+    def _keep_kv_quota(self, proc: Process, num_tokens: int) -> bool:
+        """Make room within ``proc``'s tenant's KV quota to cover ``num_tokens``, like memory.max:
+        preempt the tenant's own lower-ranked processes. False if ``proc`` had to wait instead
+        (preempted) or end (it alone needs more than the quota)."""
+        while self._over_kv_quota(proc, num_tokens):
+            mine = self._rank.get(proc.pid, len(self._rank))
+            siblings = [p for p in self._running if p.tenant == proc.tenant and p is not proc and p not in self._chosen
+                        and self._rank.get(p.pid, len(self._rank)) > mine]
+            if siblings:
+                self._preempt(max(siblings, key=lambda p: self._rank.get(p.pid, len(self._rank))))
+                continue
+            quota = self.limiter.kv_quota(proc.tenant) if self.limiter is not None else None
+            if quota is not None and self.kv.blocks_for(num_tokens) > quota:
+                self.finish(proc, ExitStatus(ExitReason.ERROR, errno="ENOMEM", message=(
+                    f"needs {self.kv.blocks_for(num_tokens)} KV blocks, over tenant {proc.tenant!r}'s quota of {quota}")))
+            else:
+                self._preempt(proc)  # its tenant's higher-ranked processes keep the quota
+            return False
+        return True
 
     def apply(self, procs: list[Process], batch: StepBatch, result: StepResult, now: float | None = None) -> None:
         """Record a finished step: progress, sampled tokens, exits, newly cacheable blocks.
@@ -667,6 +718,8 @@ class DeviceScheduler:
         """
         salt = self._salt_of(proc.tenant)
         num_tokens = proc.num_computed + num_new
+        if self.limiter is not None and self.limiter.kv_limited and not self._keep_kv_quota(proc, num_tokens):
+            return False
         while True:
             if self.kv.blocks_for(num_tokens) <= self.kv.table_len(proc.pid):
                 # The common decode step: the table already covers the new token.

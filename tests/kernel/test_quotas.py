@@ -88,13 +88,17 @@ async def test_over_quota_queue_mode_holds_the_spawn_until_it_fits(autojump_cloc
 
 async def test_kv_block_quota_refuses_a_spawn_once_the_tenant_holds_its_quota(autojump_clock, tmp_path):
     async with open_system(tmp_path) as (kernel, root):  # blocks of 4 tokens
-        await root.quota_set("alice", kv_blocks=4)
+        await root.quota_set("alice", kv_blocks=8)
         async with libllm.open_client(kernel, uid=1000, tenant="alice") as alice:
-            await alice.spawn(prompt_ids=list(range(1, 17)), max_tokens=200)  # 16 tokens: 4 blocks
-            await trio.sleep(1.0)
+            pid = await alice.spawn(prompt_ids=list(range(1, 17)), max_tokens=16)  # up to 32 tokens: 8 blocks
+            offset = 0
+            while offset < 14:  # 30 tokens: its 8th block is in use
+                offset = (await alice.read(pid, offset)).offset
+            await alice.kill(pid, "SIGSTOP")  # a stopped process keeps its blocks
+            assert (await alice.stat(pid))["kv_blocks"] == 8
             with pytest.raises(libllm.EAGAIN) as err:
                 await alice.spawn(prompt_ids=[1, 2, 3], max_tokens=5)
-            assert "'alice'" in err.value.message and "quota is 4" in err.value.message
+            assert "'alice'" in err.value.message and "quota is 8" in err.value.message
 
 
 async def _throughput(kernel: Kernel, tenant: str, pids: list[int], since: float, until: float) -> float:
@@ -106,8 +110,7 @@ async def test_a_token_rate_limits_its_tenant_and_leaves_others_alone(autojump_c
     rate, span = 10.0, 60.0
 
     async def run(limited: bool) -> tuple[float, float]:
-        # Room for every process to keep its KV: a throttled tenant holds its blocks while it
-        # waits, so in a tight pool its wait would cost others memory (see kernel/quotas.py).
+        # Room for every process to keep its KV, so that the figures measure the rate alone.
         async with open_system(tmp_path / str(limited), kv_blocks=8192) as (kernel, root):
             if limited:
                 await root.quota_set("alice", tokens_per_s=rate, burst=8)
@@ -130,6 +133,52 @@ async def test_a_token_rate_limits_its_tenant_and_leaves_others_alone(autojump_c
     assert abs(alice_limited - rate) <= 0.1 * rate
     assert alice_free > 3 * rate
     assert bob_beside >= 0.9 * bob_alone
+
+
+async def test_a_kv_quota_holds_while_processes_grow_and_costs_other_tenants_nothing(autojump_clock, tmp_path):
+    async with open_system(tmp_path, kv_blocks=256) as (kernel, root):  # blocks of 4 tokens
+        await root.quota_set("alice", kv_blocks=20)
+        async with libllm.open_client(kernel, uid=1000, tenant="alice") as alice, \
+                libllm.open_client(kernel, uid=1001, tenant="bob") as bob:
+            # Each of alice's grows to 16 + 48 = 64 tokens, 16 blocks: two need 32 > 20.
+            mine = [await alice.spawn(prompt_ids=[7, i, 3, 4] * 4, max_tokens=48, ignore_eos=True) for i in range(2)]
+            theirs = [await bob.spawn(prompt_ids=[9, i, 3, 4] * 4, max_tokens=48, ignore_eos=True) for i in range(2)]
+            peak = {"alice": 0, "bob": 0}
+            while any(kernel.table.procs[p].alive for p in mine + theirs):
+                for tenant in peak:
+                    peak[tenant] = max(peak[tenant], kernel.quotas.use(tenant)[1])
+                await trio.sleep(0.001)
+            results = [await alice.wait(p) for p in mine] + [await bob.wait(p) for p in theirs]
+    assert all(r.exit["reason"] == "length" and len(r.output_ids) == 48 for r in results)
+    assert peak["alice"] <= 20 < 2 * 16 and peak["bob"] == 32  # bob, without a quota, took what he needed
+    assert sum(r.stat["accounting"]["num_preemptions"] for r in results[:2]) > 0
+    assert sum(r.stat["accounting"]["num_preemptions"] for r in results[2:]) == 0
+
+
+async def test_a_process_that_alone_outgrows_its_tenants_kv_quota_ends_with_enomem(autojump_clock, tmp_path):
+    async with open_system(tmp_path) as (kernel, root):
+        await root.quota_set("alice", kv_blocks=6)
+        async with libllm.open_client(kernel, uid=1000, tenant="alice") as alice:
+            pid = await alice.spawn(prompt_ids=list(range(1, 17)), max_tokens=100, ignore_eos=True)
+            result = await alice.wait(pid)
+    assert result.exit["errno"] == "ENOMEM" and "quota of 6" in result.exit["message"]
+    assert len(result.output_ids) == 24 - 16 + 1  # it ran until position 24 needed a 7th block
+
+
+async def test_a_throttled_tenants_blocks_go_to_a_process_that_may_run(autojump_clock, tmp_path):
+    async with open_system(tmp_path, kv_blocks=24) as (kernel, root):  # blocks of 4 tokens
+        await root.quota_set("alice", tokens_per_s=1.0, burst=1)
+        async with libllm.open_client(kernel, uid=1000, tenant="alice") as alice, \
+                libllm.open_client(kernel, uid=1001, tenant="bob") as bob:
+            slow = await alice.spawn(prompt_ids=list(range(1, 65)), max_tokens=1000, ignore_eos=True)  # 16+ blocks
+            await trio.sleep(5.0)  # admitted first, then throttled to a token a second
+            started = kernel.now()
+            fast = await bob.spawn(prompt_ids=list(range(1, 33)), max_tokens=16, ignore_eos=True)  # 12 blocks
+            result = await bob.wait(fast)
+            assert kernel.table.procs[slow].acct.num_preemptions >= 1
+            await alice.kill(slow, "SIGKILL")
+    # Without preempting the throttled process, bob would wait ~1,000 s for alice's to finish.
+    assert result.exit["reason"] == "length" and result.stat["finished_at"] - started < 5.0
 
 
 async def test_killing_the_resources_service_100_times_loses_no_quota_and_no_process(autojump_clock, tmp_path):
