@@ -108,12 +108,16 @@ async def _answer(
 ) -> None:
     try:
         try:
-            with trio.CancelScope() as scope:
-                if running is not None:
-                    running[request.id] = scope
+            if running is None:
+                # Answered inline (not a blocking op): nothing can cancel it alone, so skip
+                # the cancel scope, a good part of a no-op syscall's cost.
                 result = await dispatch(request)
-            if scope.cancelled_caught:
-                raise KernelError("ECANCELED", f"{request.op}: cancelled by the caller")
+            else:
+                with trio.CancelScope() as scope:
+                    running[request.id] = scope
+                    result = await dispatch(request)
+                if scope.cancelled_caught:
+                    raise KernelError("ECANCELED", f"{request.op}: cancelled by the caller")
             reply = codec.make_reply(request.id, result)
         except KernelError as error:
             reply = codec.make_error(request.id, error)
