@@ -4,8 +4,8 @@ Every step the planner builds one ``StepBatch`` under a token budget and a seque
 first the running processes (decodes before prefill chunks, in policy order), then admissions
 from the ready queue while budget and blocks last. Memory comes from the device's
 ``KVCacheManager``; when it runs out the planner preempts the lowest-ranked running process,
-swapping it out or dropping its blocks to recompute later (``preemption.py`` picks). The
-policy only ranks; this module plans.
+swapping it out or dropping its blocks to recompute later (``preemption.py`` picks; the
+memory decisions live in ``memory_plan.py``). The policy only ranks; this module plans.
 
 A plan is the batch plus the driver work that must precede it, in order: swap-outs of victims
 before their blocks are reused, zeroing of blocks that change tenant, copy-on-write copies,
@@ -28,9 +28,10 @@ from .batch import SamplingParams, SeqChunk, StepBatch, StepResult
 from .errors import KernelError
 from .horizon import Horizon, lookahead_steps
 from .kv_manager import KVCacheManager
+from .memory_plan import MemoryPlanning
 from .names import NameServer
 from .policy import Policy, is_stateless
-from .preemption import PreemptionMode, choose_swap
+from .preemption import PreemptionMode
 from .process import ExitReason, ExitStatus, Process, ProcState, Signal
 from .proctable import ProcessTable
 
@@ -100,7 +101,7 @@ class _Plan:
         return max(self.seq_steps) if self.seq_steps else 1
 
 
-class DeviceScheduler:
+class DeviceScheduler(MemoryPlanning):
     """Runs the step loop of one device."""
 
     def __init__(
@@ -522,47 +523,6 @@ class DeviceScheduler:
         """Running with only its last sampled token left to compute."""
         return proc.state is ProcState.RUNNING and proc.num_tokens - proc.num_computed == 1
 
-    def _victims_below(self, proc: Process) -> list[Process]:
-        """Running processes ranked below ``proc`` and not in this step's batch, lowest last;
-        then, whatever their rank, those whose tenant's token rate keeps them from running
-        (they would hold their blocks idle), so they are preempted first."""
-        mine = self._rank.get(proc.pid, len(self._rank))
-        victims = [p for p in self._running if p is not proc and p not in self._chosen
-                   and self._rank.get(p.pid, len(self._rank)) > mine and p.pid not in self._throttled]
-        victims.sort(key=lambda p: self._rank.get(p.pid, len(self._rank)))
-        if self._throttled:
-            idle = [p for p in self._running if p.pid in self._throttled and p is not proc and p not in self._chosen]
-            victims += sorted(idle, key=lambda p: self._rank.get(p.pid, len(self._rank)))
-        return victims
-
-    def _over_kv_quota(self, proc: Process, num_tokens: int) -> bool:
-        """Whether covering ``num_tokens`` would take ``proc``'s tenant past its KV-block quota."""
-        more = self.kv.blocks_for(num_tokens) - self.kv.table_len(proc.pid)
-        if more <= 0:
-            return False
-        room = self.limiter.kv_room(proc.tenant) if self.limiter is not None else None
-        return room is not None and more > room
-
-    def _keep_kv_quota(self, proc: Process, num_tokens: int) -> bool:
-        """Make room within ``proc``'s tenant's KV quota to cover ``num_tokens``, like memory.max:
-        preempt the tenant's own lower-ranked processes. False if ``proc`` had to wait instead
-        (preempted) or end (it alone needs more than the quota)."""
-        while self._over_kv_quota(proc, num_tokens):
-            mine = self._rank.get(proc.pid, len(self._rank))
-            siblings = [p for p in self._running if p.tenant == proc.tenant and p is not proc and p not in self._chosen
-                        and self._rank.get(p.pid, len(self._rank)) > mine]
-            if siblings:
-                self._preempt(max(siblings, key=lambda p: self._rank.get(p.pid, len(self._rank))))
-                continue
-            quota = self.limiter.kv_quota(proc.tenant) if self.limiter is not None else None
-            if quota is not None and self.kv.blocks_for(num_tokens) > quota:
-                self.finish(proc, ExitStatus(ExitReason.ERROR, errno="ENOMEM", message=(
-                    f"needs {self.kv.blocks_for(num_tokens)} KV blocks, over tenant {proc.tenant!r}'s quota of {quota}")))
-            else:
-                self._preempt(proc)  # its tenant's higher-ranked processes keep the quota
-            return False
-        return True
-
     def apply(self, procs: list[Process], batch: StepBatch, result: StepResult, now: float | None = None) -> None:
         """Record a finished step: progress, sampled tokens, exits, newly cacheable blocks.
 
@@ -631,7 +591,7 @@ class DeviceScheduler:
                 if proc.state in (ProcState.RUNNING, ProcState.SWAPPED):
                     self._table.set_state(proc, ProcState.READY)
 
-    # -- memory --------------------------------------------------------------------------------
+    # -- batch chunks --------------------------------------------------------------------------
 
     def _decode_chunk(self, proc: Process) -> SeqChunk:
         """``_chunk(proc, 1)`` for a decoding process, built directly (the planner's hot path)."""
@@ -652,155 +612,6 @@ class DeviceScheduler:
             sample=start + num_new == proc.num_tokens,
             sampling=SamplingParams(s.temperature, s.top_k, s.top_p, s.seed, len(proc.output_ids)),
         )
-
-    def _reserve(self) -> int:
-        return int(self.kv.num_blocks * params.ADMISSION_RESERVE)
-
-    def _admit(self, proc: Process, budget: int) -> int | None:
-        """Give a waiting process its memory and make it RUNNING.
-
-        Returns the tokens to compute this step, 0 if the process ended instead (ENOMEM), or
-        None if memory is short (it keeps waiting; whatever it got so far it keeps).
-        """
-        if self.kv.blocks_for(proc.num_tokens) > self.kv.num_blocks:
-            self.finish(proc, ExitStatus(ExitReason.ERROR, errno="ENOMEM", message=(
-                f"needs {self.kv.blocks_for(proc.num_tokens)} KV blocks but device {self.device} has "
-                f"{self.kv.num_blocks} in all")))
-            return 0
-        # The reserve keeps room for running processes to grow into; with none running it
-        # would only stop a process that needs nearly the whole pool from ever starting.
-        reserve = self._reserve() if self._running else 0
-        if self.kv.swap_slots(proc.pid):
-            handle = self._swap_handles.get(proc.pid)
-            if handle is None or len(self.kv.swap_slots(proc.pid)) + reserve > self.kv.num_blocks:
-                # Its swap copy is lost (the swap-out never ran), or it could never come back
-                # while the reserve is kept: recompute it instead.
-                self._drop_swap(proc)
-            else:
-                pairs = self.kv.swap_in(proc.pid, reserve=reserve)
-                if pairs is None:
-                    return None
-                del self._swap_handles[proc.pid]
-                self._ops.append(("swap_in", {"blocks": [d for _, d in pairs], "handle": handle}, proc.pid))
-        salt = self._salt_of(proc.tenant)
-        first = not self.kv.table(proc.pid)
-        start = max(proc.num_computed, self.kv.cached_prefix(proc.tokens, salt) if first else 0)
-        num_tokens = start + min(proc.num_tokens - start, budget)
-        allocation = self.kv.allocate(proc.pid, proc.tokens, num_tokens, salt, reserve=reserve)
-        while allocation is None:
-            if not self._reclaim_stopped(self.kv.blocks_for(num_tokens)):
-                victims = self._victims_below(proc)
-                if not victims:
-                    return None
-                self._preempt(victims[-1])  # a more important arrival takes memory from the least
-            allocation = self.kv.allocate(proc.pid, proc.tokens, num_tokens, salt, reserve=reserve)
-        if allocation.blocks_to_zero:
-            self._ops.append(("zero_blocks", {"blocks": allocation.blocks_to_zero}, None))
-        if first and allocation.num_cached_tokens > proc.num_computed:
-            proc.acct.prefix_cache_hits += allocation.num_cached_tokens - proc.num_computed
-            proc.num_computed = allocation.num_cached_tokens
-        pairs = self.kv.prepare_write(proc.pid, proc.num_computed, num_tokens)
-        if pairs is None:
-            return None
-        if pairs:
-            self._ops.append(("copy_blocks", {"src": [s for s, _ in pairs], "dst": [d for _, d in pairs]}, None))
-        self._ready.remove(proc)
-        self._running.append(proc)
-        self._table.set_state(proc, ProcState.RUNNING)
-        if proc.started_at is None:
-            proc.started_at = self._clock()
-        return min(proc.num_tokens - proc.num_computed, budget)
-
-    def _make_room(self, proc: Process, num_new: int) -> bool:
-        """Grow a running process's table for ``num_new`` tokens, preempting others if needed.
-
-        Returns False if ``proc`` itself had to be preempted (or ended with ENOMEM).
-        """
-        salt = self._salt_of(proc.tenant)
-        num_tokens = proc.num_computed + num_new
-        if self.limiter is not None and self.limiter.kv_limited and not self._keep_kv_quota(proc, num_tokens):
-            return False
-        while True:
-            if self.kv.blocks_for(num_tokens) <= self.kv.table_len(proc.pid):
-                # The common decode step: the table already covers the new token.
-                pairs = self.kv.prepare_write(proc.pid, proc.num_computed, num_tokens)
-                if pairs is not None:
-                    break
-            allocation = self.kv.allocate(proc.pid, proc.tokens, num_tokens, salt)
-            if allocation is not None and allocation.blocks_to_zero:
-                self._ops.append(("zero_blocks", {"blocks": allocation.blocks_to_zero}, None))
-            pairs = None if allocation is None else self.kv.prepare_write(proc.pid, proc.num_computed, num_tokens)
-            if pairs is not None:
-                break
-            if self._reclaim_stopped(self.kv.blocks_for(num_tokens)):
-                continue
-            victims = self._victims_below(proc)
-            if not victims:
-                if not self._chosen and self.kv.blocks_for(num_tokens) > self.kv.num_blocks:
-                    self.finish(proc, ExitStatus(ExitReason.ERROR, errno="ENOMEM", message=(
-                        f"grew past the {self.kv.num_blocks} KV blocks of device {self.device}")))
-                else:
-                    self._preempt(proc)
-                return False
-            self._preempt(victims[-1])
-        if pairs:
-            self._ops.append(("copy_blocks", {"src": [s for s, _ in pairs], "dst": [d for _, d in pairs]}, None))
-        return True
-
-    def _reclaim_stopped(self, needed: int) -> bool:
-        """Drop the blocks of stopped processes (they recompute on SIGCONT); True if any freed."""
-        freed = 0
-        for proc in self._table:
-            if freed >= needed:
-                break
-            if proc.device == self.device and proc.state is ProcState.STOPPED and self.kv.table(proc.pid):
-                freed += self.kv.free(proc.pid)
-                proc.acct.num_recomputed_tokens += proc.num_computed
-                proc.num_computed = 0
-        return freed > 0
-
-    def _preempt(self, proc: Process) -> None:
-        """Take ``proc``'s blocks: swap them out or drop them, and queue it for re-admission."""
-        table = self.kv.table(proc.pid)
-        bytes_per_block = self.kv_bytes_per_token * self.kv.block_size
-        tokens_per_s = self.stats.num_tokens / self.stats.busy_s if self.stats.busy_s else params.PREFILL_TOKENS_PER_S
-        pairs = None
-        if choose_swap(self.config.preemption, len(table), bytes_per_block, proc.num_computed, tokens_per_s):
-            pairs = self.kv.swap_out(proc.pid)  # None if the swap space is full: recompute instead
-        proc.acct.num_preemptions += 1
-        self.stats.num_preemptions += 1
-        self._running.remove(proc)
-        self._ready.append(proc)
-        self._preempted_now.add(proc.pid)
-        if pairs is not None:
-            self.stats.num_swaps += 1
-            proc.acct.num_swaps += 1
-            # The tenant travels so a driver that swaps to disk encrypts under that tenant's key.
-            self._ops.append(("swap_out", {"blocks": [b for b, _ in pairs], "tenant": proc.tenant}, proc.pid))
-            self._table.set_state(proc, ProcState.SWAPPED)
-        else:
-            self.stats.num_recomputes += 1
-            self.kv.free(proc.pid)
-            proc.acct.num_recomputed_tokens += proc.num_computed
-            proc.num_computed = 0
-            self._table.set_state(proc, ProcState.READY)
-
-    def _drop_swap(self, proc: Process) -> None:
-        """Give up a swapped process's host copy; it recomputes from its tokens."""
-        handle = self._swap_handles.pop(proc.pid, None)
-        if handle is not None:
-            self._ops.append(("swap_free", {"handle": handle}, None))
-        self.kv.free(proc.pid)
-        proc.acct.num_recomputed_tokens += proc.num_computed
-        proc.num_computed = 0
-        self._table.set_state(proc, ProcState.READY)
-
-    def _release(self, proc: Process) -> None:
-        handle = self._swap_handles.pop(proc.pid, None)
-        if handle is not None:
-            self._ops.append(("swap_free", {"handle": handle}, None))
-            self._wake()
-        self.kv.free(proc.pid)
 
     def _forget(self, proc: Process) -> None:
         if proc in self._running:

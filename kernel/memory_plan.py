@@ -1,0 +1,245 @@
+"""The memory half of the step planner: admission, growth, preemption, swap, KV quotas.
+
+``DeviceScheduler`` (scheduler.py) plans a step by walking processes in policy order; each
+process that needs memory comes here. ``_admit`` gives a waiting process its blocks (swapping
+it in, hitting the prefix cache), ``_make_room`` grows a running one, and both preempt the
+lowest-ranked running processes (``_victims_below``; throttled ones first) when blocks run out,
+swapping them out or dropping their blocks to recompute (``preemption.py`` picks). A tenant's
+KV-block quota is kept here too, like a cgroup's memory.max (``_keep_kv_quota``).
+
+A mixin rather than an object of its own: these methods read and change the plan being built
+(``_chosen``, ``_rank``, ``_ops``) and the run queues in the middle of the planner's loop.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import params
+from .kv_manager import KVCacheManager
+from .preemption import choose_swap
+from .process import ExitReason, ExitStatus, Process, ProcState
+from .proctable import ProcessTable
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .scheduler import DeviceStats, SchedulerConfig, TenantLimiter
+
+
+class MemoryPlanning:
+    """Memory decisions of ``DeviceScheduler``; see the module docstring."""
+
+    # Provided by DeviceScheduler:
+    device: str
+    kv: KVCacheManager
+    config: SchedulerConfig
+    stats: DeviceStats
+    kv_bytes_per_token: int
+    limiter: TenantLimiter | None
+    _table: ProcessTable
+    _running: list[Process]
+    _ready: list[Process]
+    _swap_handles: dict[int, int]
+    _ops: list[tuple[str, dict[str, Any], int | None]]
+    _preempted_now: set[int]
+    _chosen: list[Process]
+    _rank: dict[int, int]
+    _throttled: set[int]
+    _clock: Callable[[], float]
+    _salt_of: Callable[[str], bytes]
+
+    if TYPE_CHECKING:
+        def finish(self, proc: Process, status: ExitStatus, at: float | None = None) -> None: ...
+
+        def _wake(self) -> None: ...
+
+    def _reserve(self) -> int:
+        return int(self.kv.num_blocks * params.ADMISSION_RESERVE)
+
+    def _admit(self, proc: Process, budget: int) -> int | None:
+        """Give a waiting process its memory and make it RUNNING.
+
+        Returns the tokens to compute this step, 0 if the process ended instead (ENOMEM), or
+        None if memory is short (it keeps waiting; whatever it got so far it keeps).
+        """
+        if self.kv.blocks_for(proc.num_tokens) > self.kv.num_blocks:
+            self.finish(proc, ExitStatus(ExitReason.ERROR, errno="ENOMEM", message=(
+                f"needs {self.kv.blocks_for(proc.num_tokens)} KV blocks but device {self.device} has "
+                f"{self.kv.num_blocks} in all")))
+            return 0
+        # The reserve keeps room for running processes to grow into; with none running it
+        # would only stop a process that needs nearly the whole pool from ever starting.
+        reserve = self._reserve() if self._running else 0
+        if self.kv.swap_slots(proc.pid):
+            handle = self._swap_handles.get(proc.pid)
+            if handle is None or len(self.kv.swap_slots(proc.pid)) + reserve > self.kv.num_blocks:
+                # Its swap copy is lost (the swap-out never ran), or it could never come back
+                # while the reserve is kept: recompute it instead.
+                self._drop_swap(proc)
+            else:
+                pairs = self.kv.swap_in(proc.pid, reserve=reserve)
+                if pairs is None:
+                    return None
+                del self._swap_handles[proc.pid]
+                self._ops.append(("swap_in", {"blocks": [d for _, d in pairs], "handle": handle}, proc.pid))
+        salt = self._salt_of(proc.tenant)
+        first = not self.kv.table(proc.pid)
+        start = max(proc.num_computed, self.kv.cached_prefix(proc.tokens, salt) if first else 0)
+        num_tokens = start + min(proc.num_tokens - start, budget)
+        allocation = self.kv.allocate(proc.pid, proc.tokens, num_tokens, salt, reserve=reserve)
+        while allocation is None:
+            if not self._reclaim_stopped(self.kv.blocks_for(num_tokens)):
+                victims = self._victims_below(proc)
+                if not victims:
+                    return None
+                self._preempt(victims[-1])  # a more important arrival takes memory from the least
+            allocation = self.kv.allocate(proc.pid, proc.tokens, num_tokens, salt, reserve=reserve)
+        if allocation.blocks_to_zero:
+            self._ops.append(("zero_blocks", {"blocks": allocation.blocks_to_zero}, None))
+        if first and allocation.num_cached_tokens > proc.num_computed:
+            proc.acct.prefix_cache_hits += allocation.num_cached_tokens - proc.num_computed
+            proc.num_computed = allocation.num_cached_tokens
+        pairs = self.kv.prepare_write(proc.pid, proc.num_computed, num_tokens)
+        if pairs is None:
+            return None
+        if pairs:
+            self._ops.append(("copy_blocks", {"src": [s for s, _ in pairs], "dst": [d for _, d in pairs]}, None))
+        self._ready.remove(proc)
+        self._running.append(proc)
+        self._table.set_state(proc, ProcState.RUNNING)
+        if proc.started_at is None:
+            proc.started_at = self._clock()
+        return min(proc.num_tokens - proc.num_computed, budget)
+
+    def _make_room(self, proc: Process, num_new: int) -> bool:
+        """Grow a running process's table for ``num_new`` tokens, preempting others if needed.
+
+        Returns False if ``proc`` itself had to be preempted (or ended with ENOMEM).
+        """
+        salt = self._salt_of(proc.tenant)
+        num_tokens = proc.num_computed + num_new
+        if self.limiter is not None and self.limiter.kv_limited and not self._keep_kv_quota(proc, num_tokens):
+            return False
+        while True:
+            if self.kv.blocks_for(num_tokens) <= self.kv.table_len(proc.pid):
+                # The common decode step: the table already covers the new token.
+                pairs = self.kv.prepare_write(proc.pid, proc.num_computed, num_tokens)
+                if pairs is not None:
+                    break
+            allocation = self.kv.allocate(proc.pid, proc.tokens, num_tokens, salt)
+            if allocation is not None and allocation.blocks_to_zero:
+                self._ops.append(("zero_blocks", {"blocks": allocation.blocks_to_zero}, None))
+            pairs = None if allocation is None else self.kv.prepare_write(proc.pid, proc.num_computed, num_tokens)
+            if pairs is not None:
+                break
+            if self._reclaim_stopped(self.kv.blocks_for(num_tokens)):
+                continue
+            victims = self._victims_below(proc)
+            if not victims:
+                if not self._chosen and self.kv.blocks_for(num_tokens) > self.kv.num_blocks:
+                    self.finish(proc, ExitStatus(ExitReason.ERROR, errno="ENOMEM", message=(
+                        f"grew past the {self.kv.num_blocks} KV blocks of device {self.device}")))
+                else:
+                    self._preempt(proc)
+                return False
+            self._preempt(victims[-1])
+        if pairs:
+            self._ops.append(("copy_blocks", {"src": [s for s, _ in pairs], "dst": [d for _, d in pairs]}, None))
+        return True
+
+    def _reclaim_stopped(self, needed: int) -> bool:
+        """Drop the blocks of stopped processes (they recompute on SIGCONT); True if any freed."""
+        freed = 0
+        for proc in self._table:
+            if freed >= needed:
+                break
+            if proc.device == self.device and proc.state is ProcState.STOPPED and self.kv.table(proc.pid):
+                freed += self.kv.free(proc.pid)
+                proc.acct.num_recomputed_tokens += proc.num_computed
+                proc.num_computed = 0
+        return freed > 0
+
+    def _preempt(self, proc: Process) -> None:
+        """Take ``proc``'s blocks: swap them out or drop them, and queue it for re-admission."""
+        table = self.kv.table(proc.pid)
+        bytes_per_block = self.kv_bytes_per_token * self.kv.block_size
+        tokens_per_s = self.stats.num_tokens / self.stats.busy_s if self.stats.busy_s else params.PREFILL_TOKENS_PER_S
+        pairs = None
+        if choose_swap(self.config.preemption, len(table), bytes_per_block, proc.num_computed, tokens_per_s):
+            pairs = self.kv.swap_out(proc.pid)  # None if the swap space is full: recompute instead
+        proc.acct.num_preemptions += 1
+        self.stats.num_preemptions += 1
+        self._running.remove(proc)
+        self._ready.append(proc)
+        self._preempted_now.add(proc.pid)
+        if pairs is not None:
+            self.stats.num_swaps += 1
+            proc.acct.num_swaps += 1
+            # The tenant travels so a driver that swaps to disk encrypts under that tenant's key.
+            self._ops.append(("swap_out", {"blocks": [b for b, _ in pairs], "tenant": proc.tenant}, proc.pid))
+            self._table.set_state(proc, ProcState.SWAPPED)
+        else:
+            self.stats.num_recomputes += 1
+            self.kv.free(proc.pid)
+            proc.acct.num_recomputed_tokens += proc.num_computed
+            proc.num_computed = 0
+            self._table.set_state(proc, ProcState.READY)
+
+    def _drop_swap(self, proc: Process) -> None:
+        """Give up a swapped process's host copy; it recomputes from its tokens."""
+        handle = self._swap_handles.pop(proc.pid, None)
+        if handle is not None:
+            self._ops.append(("swap_free", {"handle": handle}, None))
+        self.kv.free(proc.pid)
+        proc.acct.num_recomputed_tokens += proc.num_computed
+        proc.num_computed = 0
+        self._table.set_state(proc, ProcState.READY)
+
+    def _release(self, proc: Process) -> None:
+        handle = self._swap_handles.pop(proc.pid, None)
+        if handle is not None:
+            self._ops.append(("swap_free", {"handle": handle}, None))
+            self._wake()
+        self.kv.free(proc.pid)
+
+    def _victims_below(self, proc: Process) -> list[Process]:
+        """Running processes ranked below ``proc`` and not in this step's batch, lowest last;
+        then, whatever their rank, those whose tenant's token rate keeps them from running
+        (they would hold their blocks idle), so they are preempted first."""
+        mine = self._rank.get(proc.pid, len(self._rank))
+        victims = [p for p in self._running if p is not proc and p not in self._chosen
+                   and self._rank.get(p.pid, len(self._rank)) > mine and p.pid not in self._throttled]
+        victims.sort(key=lambda p: self._rank.get(p.pid, len(self._rank)))
+        if self._throttled:
+            idle = [p for p in self._running if p.pid in self._throttled and p is not proc and p not in self._chosen]
+            victims += sorted(idle, key=lambda p: self._rank.get(p.pid, len(self._rank)))
+        return victims
+
+    def _over_kv_quota(self, proc: Process, num_tokens: int) -> bool:
+        """Whether covering ``num_tokens`` would take ``proc``'s tenant past its KV-block quota."""
+        more = self.kv.blocks_for(num_tokens) - self.kv.table_len(proc.pid)
+        if more <= 0:
+            return False
+        room = self.limiter.kv_room(proc.tenant) if self.limiter is not None else None
+        return room is not None and more > room
+
+    def _keep_kv_quota(self, proc: Process, num_tokens: int) -> bool:
+        """Make room within ``proc``'s tenant's KV quota to cover ``num_tokens``, like memory.max:
+        preempt the tenant's own lower-ranked processes. False if ``proc`` had to wait instead
+        (preempted) or end (it alone needs more than the quota)."""
+        while self._over_kv_quota(proc, num_tokens):
+            mine = self._rank.get(proc.pid, len(self._rank))
+            siblings = [p for p in self._running if p.tenant == proc.tenant and p is not proc and p not in self._chosen
+                        and self._rank.get(p.pid, len(self._rank)) > mine]
+            if siblings:
+                self._preempt(max(siblings, key=lambda p: self._rank.get(p.pid, len(self._rank))))
+                continue
+            quota = self.limiter.kv_quota(proc.tenant) if self.limiter is not None else None
+            if quota is not None and self.kv.blocks_for(num_tokens) > quota:
+                self.finish(proc, ExitStatus(ExitReason.ERROR, errno="ENOMEM", message=(
+                    f"needs {self.kv.blocks_for(num_tokens)} KV blocks, over tenant {proc.tenant!r}'s quota of {quota}")))
+            else:
+                self._preempt(proc)  # its tenant's higher-ranked processes keep the quota
+            return False
+        return True
