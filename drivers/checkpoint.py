@@ -8,6 +8,10 @@ A checkpoint directory looks like::
     generation_config.json           optional: eos_token_id
     tokenizer.json                   optional: handed back as a path, never parsed here
 
+Files are read through a ``ModelFiles`` (drivers/sealed.py): as they are, or, for a version of an
+encrypted model store, decrypted and checked against the signed manifest in memory, so loading
+one never writes its plaintext anywhere.
+
 Only the decoder families whose tensors follow the Llama naming are accepted: LlamaForCausalLM,
 MistralForCausalLM and Qwen2ForCausalLM. Every failure is a ``KernelError`` whose message names
 the file, and for a bad tensor its name and both shapes, so a user can fix the checkpoint without
@@ -24,9 +28,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load, load_file
 
 from llmos.kernel.errors import KernelError
+
+from .sealed import ModelFiles
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
@@ -91,18 +97,19 @@ class Checkpoint:
 
     config: ModelConfig
     state_dict: dict[str, torch.Tensor]
-    tokenizer_path: Path | None
+    tokenizer_path: Path | None  # sealed if the checkpoint was: read it through the same ModelFiles
 
 
 # ---------------------------------------------------------------------------------------------
 # config.json
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+def _read_json(files: ModelFiles, rel: str) -> dict[str, Any]:
+    path = files.path(rel)
+    if not files.is_file(rel):
         raise KernelError("ENOENT", f"{path}: no such file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(files.read_bytes(rel).decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise KernelError("EINVAL", f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
@@ -267,30 +274,39 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _shard_files(root: Path) -> list[Path]:
-    index = root / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
+def _shard_files(files: ModelFiles) -> list[str]:
+    """The weight shards' paths inside the checkpoint directory, sorted."""
+    root = files.root
+    index = "model.safetensors.index.json"
+    if files.is_file(index):
+        weight_map = _read_json(files, index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
-            raise KernelError("EINVAL", f"{index}: missing or empty weight_map")
-        files = sorted({root / str(name) for name in weight_map.values()})
-        for file in files:
-            if not file.is_file():
-                raise KernelError("ENOENT", f"{index}: shard {file.name} not found in {root}")
-        return files
-    single = root / "model.safetensors"
-    files = [single] if single.is_file() else sorted(root.glob("*.safetensors"))
-    if not files:
+            raise KernelError("EINVAL", f"{root / index}: missing or empty weight_map")
+        shards = sorted({str(name) for name in weight_map.values()})
+        for shard in shards:
+            if not files.is_file(shard):
+                raise KernelError("ENOENT", f"{root / index}: shard {Path(shard).name} not found in {root}")
+        return shards
+    shards = ["model.safetensors"] if files.is_file("model.safetensors") else files.top_level(".safetensors")
+    if not shards:
         raise KernelError("ENOENT", f"{root}: no model.safetensors or safetensors index")
-    return files
+    return shards
 
 
-def _read_tensors(files: list[Path]) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+def _read_shard(files: ModelFiles, rel: str) -> dict[str, torch.Tensor]:
+    if not files.sealed:
+        return load_file(str(files.path(rel)))  # memory-mapped
+    # Decrypted in memory and parsed from bytes: a sealed shard's plaintext never touches disk.
+    return load(files.read_bytes(rel))
+
+
+def _read_tensors(files: ModelFiles, shards: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
     tensors: dict[str, torch.Tensor] = {}
     origin: dict[str, Path] = {}
-    for file in files:
+    for rel in shards:
+        file = files.path(rel)
         try:
-            shard = load_file(str(file))
+            shard = _read_shard(files, rel)
         except (SafetensorError, OSError, ValueError) as exc:
             raise KernelError("EINVAL", f"{file}: not a readable safetensors file ({exc})") from exc
         for name, tensor in shard.items():
@@ -299,33 +315,39 @@ def _read_tensors(files: list[Path]) -> tuple[dict[str, torch.Tensor], dict[str,
     return tensors, origin
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def load_checkpoint(path: str | Path | ModelFiles) -> Checkpoint:
     """Read config and weights of a checkpoint directory and check every tensor's shape.
 
     Tensors the model does not use (e.g. ``rotary_emb.inv_freq``) are dropped. With tied
     embeddings, a present ``lm_head.weight`` is ignored: the embedding matrix is the head.
 
+    Args:
+        path: the directory, or a ``ModelFiles`` reader of it (one that unseals an encrypted
+            store's version in memory).
+
     Raises:
         KernelError: ENOENT for a missing directory, config or shard; EINVAL for a bad config,
-            an unreadable shard, or a missing or misshapen tensor (named, with both shapes).
+            an unreadable shard, or a missing or misshapen tensor (named, with both shapes);
+            EACCES naming a sealed file that fails authentication or its manifest's sha256.
     """
-    root = Path(path)
+    files = path if isinstance(path, ModelFiles) else ModelFiles(Path(path))
+    root = files.root
     if not root.is_dir():
         raise KernelError("ENOENT", f"{root}: no such checkpoint directory")
     config_path = root / "config.json"
-    raw = _read_json(config_path)
-    gen_path = root / "generation_config.json"
-    generation = _read_json(gen_path) if gen_path.is_file() else None
+    raw = _read_json(files, "config.json")
+    has_generation = files.is_file("generation_config.json")
+    generation = _read_json(files, "generation_config.json") if has_generation else None
     cfg = parse_config(raw, config_path, generation)
-    files = _shard_files(root)
-    tensors, origin = _read_tensors(files)
+    shards = _shard_files(files)
+    tensors, origin = _read_tensors(files, shards)
     state: dict[str, torch.Tensor] = {}
     for name, shape in expected_shapes(cfg).items():
         if name not in tensors:
             raise KernelError(
                 "EINVAL",
                 f"{root}: tensor {name} (expected shape {list(shape)}) not found in "
-                f"{', '.join(f.name for f in files)}",
+                f"{', '.join(Path(rel).name for rel in shards)}",
             )
         got = tuple(tensors[name].shape)
         if got != shape:
@@ -335,7 +357,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             )
         state[name] = tensors[name]
     tokenizer = root / "tokenizer.json"
-    return Checkpoint(cfg, state, tokenizer if tokenizer.is_file() else None)
+    return Checkpoint(cfg, state, tokenizer if files.is_file("tokenizer.json") else None)
 
 
 def num_parameters(state: dict[str, torch.Tensor]) -> int:

@@ -23,6 +23,7 @@ from llmos.drivers.kv_cache import PagedKVCache
 from llmos.drivers.model import DenseCausalAttend, RotaryEmbedding, Transformer
 from llmos.drivers.paged_attention import PagedAttend, build_metadata
 from llmos.drivers.sampling import check_params, sample_batch
+from llmos.drivers.sealed import ModelFiles
 from llmos.kernel.batch import StepBatch, StepResult
 from llmos.kernel.errors import KernelError
 
@@ -53,16 +54,19 @@ class TorchEngine:
 
     # -- model ---------------------------------------------------------------------------------
 
-    def load_model(self, path: str | Path) -> dict[str, Any]:
+    def load_model(self, path: str | Path | ModelFiles) -> dict[str, Any]:
         """Load a Hugging Face-format checkpoint directory; replaces any loaded model and KV pool.
+
+        ``path`` may be a ``ModelFiles`` reader, which decrypts a sealed (encrypted) version of
+        the model store in memory; the tokenizer path it reports is then of a sealed file.
 
         Returns:
             A msgpack-friendly dict: num_params, weight_bytes, vocab_size, eos_token_ids,
             kv_bytes_per_token, tokenizer (path or None) and config (a summary).
 
         Raises:
-            KernelError: ENOENT or EINVAL from ``load_checkpoint``; ENOMEM if the weights do not
-                fit on the device.
+            KernelError: ENOENT, EINVAL or EACCES (a sealed file refused) from ``load_checkpoint``;
+                ENOMEM if the weights do not fit on the device.
         """
         ckpt = load_checkpoint(path)
         self.unload_model()

@@ -4,7 +4,10 @@
 
 1. The models service verifies the version's signed manifest (it asks the security service:
    a changed byte or an untrusted signer is EACCES) and pins the version for this kernel, so
-   it cannot be removed while loaded. Its reply names the verified directory: the grant.
+   it cannot be removed while loaded. Its reply names the verified directory: the grant. For
+   a version stored encrypted the grant also has ``sealed`` (the version's key and the signed
+   sha256 of each file), which goes to the driver's ``load_model`` untouched: the driver
+   decrypts and checks in memory, and the kernel never reads the files itself.
 2. Room is made on DEVICE (a boot device; the first by default). Models loaded there at run
    time share its budget, ``DeviceConfig.model_memory_bytes`` (else the driver's reported
    ``memory_bytes``, else none), counted in bytes of weight files (*.safetensors, from the
@@ -146,8 +149,15 @@ class ModelResidency:
         try:
             cfg = k.config.device_factory(kind, device_name, model, info["path"])
         except (ValueError, OSError) as exc:
-            raise KernelError("EINVAL", f"model_load: cannot make a {kind} device for {model}: {exc}") from None
+            # A factory that reads the checkpoint itself finds only ciphertext in an encrypted one.
+            sealed = f" ({model} is stored encrypted: only a driver given its grant can read it)" if info.get("sealed") else ""
+            raise KernelError("EINVAL", f"model_load: cannot make a {kind} device for {model}: {exc}{sealed}") from None
         cfg.name, cfg.model = device_name, model  # the kernel names it, whatever the factory said
+        if info.get("sealed") is not None:
+            # In load_args, so that a driver the supervisor restarts loads again. The version's key
+            # thus lives in the kernel and that driver only (both trusted), and moves over
+            # in-process channels or a local socket; it opens this one version and nothing else.
+            cfg.load_args = {**cfg.load_args, "sealed": info["sealed"]}
         device = k.new_device(cfg)
         device.base = base.name
         device.weight_bytes = int(info["weight_bytes"])

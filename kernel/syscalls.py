@@ -343,17 +343,25 @@ def _model_admin(k: Kernel, caller: Session, op: str) -> None:
 
 
 async def sys_model_import(k: Kernel, caller: Session, raw: dict[str, Any]) -> Any:
-    """Copy a Hugging Face-format checkpoint directory into the model store as NAME version 1, signed."""
-    a = Args("model_import", raw, ("path", "name"))
-    args = {"path": a.text("path", max_len=MODEL_PATH_CHARS), "name": a.text("name", max_len=MODEL_REF_CHARS)}
+    """Copy a Hugging Face-format checkpoint directory into the model store as NAME version 1, signed.
+
+    ``encrypt``: store every file of the version sealed with AES-GCM (services/models.py).
+    """
+    a = Args("model_import", raw, ("path", "name", "encrypt"))
+    args = {"path": a.text("path", max_len=MODEL_PATH_CHARS), "name": a.text("name", max_len=MODEL_REF_CHARS),
+            "encrypt": a.flag("encrypt", False)}
     _model_admin(k, caller, "model_import")
     return await k.call_service("models", "import", args, syscall="model_import")
 
 
 async def sys_model_update(k: Kernel, caller: Session, raw: dict[str, Any]) -> Any:
-    """Add the next version of a model from a checkpoint directory; loaded versions stay loaded."""
-    a = Args("model_update", raw, ("name", "path"))
-    args = {"name": a.text("name", max_len=MODEL_REF_CHARS), "path": a.text("path", max_len=MODEL_PATH_CHARS)}
+    """Add the next version of a model from a checkpoint directory; loaded versions stay loaded.
+
+    ``encrypt``: store the new version's files sealed with AES-GCM, as for ``model_import``.
+    """
+    a = Args("model_update", raw, ("name", "path", "encrypt"))
+    args = {"name": a.text("name", max_len=MODEL_REF_CHARS), "path": a.text("path", max_len=MODEL_PATH_CHARS),
+            "encrypt": a.flag("encrypt", False)}
     _model_admin(k, caller, "model_update")
     return await k.call_service("models", "update", args, syscall="model_update")
 

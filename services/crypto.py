@@ -2,7 +2,8 @@
 
 The master key is 32 random bytes in ``LLMOS_HOME/keys/master.key`` (0600, made at first
 boot). Each tenant's key is HKDF-SHA256(master, info="llmos tenant data key" + tenant), so
-keys are never stored per tenant, and one tenant's key says nothing about another's.
+keys are never stored per tenant, and one tenant's key says nothing about another's. A version
+of an encrypted model store has a key of its own, derived the same way (``model_store_key``).
 
 A blob is ``nonce (12 random bytes) || ciphertext || tag (16 bytes)``. GCM authenticates the
 ciphertext and the caller's associated data, so a flipped bit, a truncation, another tenant's
@@ -69,6 +70,26 @@ def load_master_key(home: Path) -> tuple[bytes, bool]:
 def derive_key(master: bytes, info: bytes, length: int = 32) -> bytes:
     """A subkey of ``master`` for one purpose, named by ``info`` (HKDF-SHA256)."""
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=_HKDF_SALT, info=info).derive(master)
+
+
+def model_store_key(master: bytes, name: str, version: str) -> bytes:
+    """The AES-256 key that seals one version of an encrypted model store (HKDF-SHA256).
+
+    The context is the model version, ``info = "llmos model store key" NUL name NUL version``,
+    rather than one key for the whole store, because this key leaves the security service: the
+    kernel hands it to the driver that loads the version (in its load grant). Derived per
+    version, a key lent for one load opens that version only: no other model, no other version
+    of this one, and (another ``info`` prefix) no tenant's data. Derived, it is never stored:
+    the master key and the name re-make it. Name and version may not contain NUL, so the
+    context is unambiguous.
+
+    Raises:
+        KernelError: EINVAL for an empty or NUL-containing name or version.
+    """
+    for what, value in (("name", name), ("version", version)):
+        if not value or "\x00" in value:
+            raise KernelError("EINVAL", f"a model {what} for a store key must be non-empty text without NUL")
+    return derive_key(master, b"llmos model store key\x00" + name.encode() + b"\x00" + version.encode())
 
 
 def check_tenant(tenant: object) -> str:

@@ -11,6 +11,7 @@ store under ``LLMOS_HOME/models``; the security service signs and verifies what 
           llmos-manifest.json        sha256 of every file, signed by the security service
           .llmos-import.json         where it came from and when (metadata, not signed)
         2/                         ``update`` makes the next version; versions count up from 1
+                                   (``encrypt``: every model file sealed, see below)
       pins.json                    versions a kernel has loaded: {"holders": {holder: [[name, version]]}}
       .staging-PID-HEX/            an import in progress (removed at start if its process is gone)
       .trash-HEX/                  a removal in progress
@@ -23,20 +24,32 @@ only a staging directory that the next instance clears.
 
 Ops (``name`` may be ``NAME@VERSION`` where a version is meant; without one the newest):
 
-    import  {path, name}         copy, sign -> {name, version, key_id, files, bytes, existing}
-    update  {name, path}         a new version of an existing model (same reply)
-    list    {}                   -> {models: [{name, versions, newest, loaded, bytes}]}
-    show    {name}               config summary, files, sizes, key id, versions, loaded
+    import  {path, name, encrypt=false}  copy, sign -> {name, version, key_id, files, bytes, existing, encrypted}
+    update  {name, path, encrypt=false}  a new version of an existing model (same reply)
+    list    {}                   -> {models: [{name, versions, newest, loaded, bytes}]}, and
+                                 ``encrypted: true`` in a row whose newest version is encrypted
+    show    {name}               config summary, files, sizes, key id, versions, loaded, encrypted
     rm      {name}               one version or the whole model; EBUSY while a version is loaded
     verify  {name}               the signed manifest against the files: EACCES naming the file
-    load    {name, holder}       verify, then pin the version for ``holder`` (a kernel)
+    load    {name, holder}       verify, then pin the version for ``holder`` (a kernel); the grant
+                                 (path, and ``sealed`` for an encrypted version) goes to the driver
     unload  {name, holder}       unpin it
     release {holder}             unpin everything ``holder`` pinned (its shutdown)
 
 ``import`` and ``update`` are idempotent on content: importing the same files again returns
 the version that holds them (``existing: true``), so a kernel may retry one whose reply was
 lost when this server was killed. ``import`` of a name that exists with other content is
-EEXIST (use ``update``).
+EEXIST (use ``update``). Whether a version is encrypted counts as content: the same files
+imported again with another ``encrypt`` are not the version that holds them.
+
+Encryption at rest (``import``/``update`` with ``encrypt: true``): every model file of the
+version is stored sealed with AES-256-GCM (drivers/sealed.py) under the version's own key, which
+the security service derives from its master key by HKDF (``model_key``; services/crypto.py
+``model_store_key`` says why per version). Files are sealed as they are copied in, so no
+plaintext copy is made. The signed manifest still lists the plaintext's sizes and sha256, plus
+``encrypted: true``; ``verify`` decrypts in memory to check them. ``load`` then grants the
+driver the key and the manifest's sha256 of each file (``sealed``), and the driver decrypts and
+checks in memory: an encrypted version's plaintext is never written to disk.
 
 The security service is reached through ``security_call(op, args)``, an async callable: the
 kernel wires one that calls the server named "security" (``ServiceLink``); tests pass the
@@ -58,12 +71,14 @@ from typing import Any, ClassVar
 
 import trio
 
+from llmos.drivers import sealed
 from llmos.kernel.args import Args
 from llmos.kernel.errors import KernelError
 from llmos.kernel.server import Server
 
 from . import manifest as manifests
 from .home import llmos_home
+from .sealed_manifest import is_encrypted
 from .securefiles import absolute_path_arg, ensure_private_dir, os_errors, replace_file
 
 SecurityCall = Callable[[str, dict[str, Any]], Awaitable[Any]]
@@ -122,11 +137,14 @@ def _holder_alive(holder: str) -> bool:
     return True
 
 
-def copy_checkpoint(source: Path, target: Path) -> int:
+def copy_checkpoint(source: Path, target: Path, key: bytes | None = None) -> int:
     """Copy a checkpoint's model files (not hidden ones, not a manifest) into ``target``.
 
-    Returns the bytes copied. Raises ``KernelError`` ENOENT for a missing directory, EINVAL for
-    one without config.json or *.safetensors.
+    With ``key``, each file is sealed under it as it is copied (drivers/sealed.py), so its
+    plaintext is never written to the store.
+
+    Returns the bytes copied (of plaintext). Raises ``KernelError`` ENOENT for a missing
+    directory, EINVAL for one without config.json or *.safetensors.
     """
     files = manifests.list_model_files(source)
     if "config.json" not in files:
@@ -137,13 +155,21 @@ def copy_checkpoint(source: Path, target: Path) -> int:
     for rel in files:
         destination = target / rel
         destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source / rel, destination)
-        copied += destination.stat().st_size
+        if key is None:
+            shutil.copyfile(source / rel, destination)
+            copied += destination.stat().st_size
+        else:
+            copied += sealed.seal_file(source / rel, destination, key, rel)
     return copied
 
 
 def _file_table(envelope: dict[str, Any]) -> list[tuple[str, int, str]]:
     return sorted((f["path"], f["bytes"], f["sha256"]) for f in envelope["manifest"]["files"])
+
+
+def _same_content(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two signed manifests hold the same files, stored the same way (plain or encrypted)."""
+    return _file_table(a) == _file_table(b) and is_encrypted(a["manifest"]) == is_encrypted(b["manifest"])
 
 
 def weight_bytes(envelope: dict[str, Any]) -> int:
@@ -245,24 +271,26 @@ class ModelServer(Server):
     # -- import and update ---------------------------------------------------------------------
 
     async def do_import(self, raw: dict[str, Any]) -> dict[str, Any]:
-        """Copy a checkpoint into the store as NAME version 1 and have it signed."""
-        args = Args("import", raw, ("path", "name"))
+        """Copy a checkpoint into the store as NAME version 1 and have it signed (sealed if ``encrypt``)."""
+        args = Args("import", raw, ("path", "name", "encrypt"))
         source = _source_directory(args)
         name, version = parse_ref("import", args.text("name", max_len=256))
+        encrypt = args.flag("encrypt", False)
         if version is not None:
             raise KernelError("EINVAL", "import: give a model name without a version; versions are numbered for you")
-        return await self._add_version("import", name, source)
+        return await self._add_version("import", name, source, encrypt)
 
     async def do_update(self, raw: dict[str, Any]) -> dict[str, Any]:
-        """Add the next version of an existing model from a checkpoint directory."""
-        args = Args("update", raw, ("name", "path"))
+        """Add the next version of an existing model from a checkpoint directory (sealed if ``encrypt``)."""
+        args = Args("update", raw, ("name", "path", "encrypt"))
         source = _source_directory(args)
         name, version = parse_ref("update", args.text("name", max_len=256))
+        encrypt = args.flag("encrypt", False)
         if version is not None:
             raise KernelError("EINVAL", "update: give a model name without a version; the new one is numbered for you")
-        return await self._add_version("update", name, source)
+        return await self._add_version("update", name, source, encrypt)
 
-    async def _add_version(self, op: str, name: str, source: Path) -> dict[str, Any]:
+    async def _add_version(self, op: str, name: str, source: Path, encrypt: bool) -> dict[str, Any]:
         async with self._lock:
             versions = self._versions(name)
             if op == "update" and not versions:
@@ -270,9 +298,9 @@ class ModelServer(Server):
             version = str(int(versions[-1]) + 1) if versions else "1"
             staging = self.store / f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
             try:
-                signed = await self._stage(op, source, staging, name, version)
+                signed = await self._stage(op, source, staging, name, version, encrypt)
                 same = [v for v in (versions if op == "import" else versions[-1:])
-                        if _file_table(self._envelope(name, v)) == _file_table(signed["manifest"])]
+                        if _same_content(self._envelope(name, v), signed["manifest"])]
                 if same:  # these files are already in the store: a retry, or nothing new
                     return self._describe_add(name, same[0], self._envelope(name, same[0]), existing=True)
                 if versions and op == "import":
@@ -287,20 +315,29 @@ class ModelServer(Server):
                     shutil.rmtree(staging, ignore_errors=True)
             return self._describe_add(name, version, signed["manifest"], existing=False)
 
-    async def _stage(self, op: str, source: Path, staging: Path, name: str, version: str) -> dict[str, Any]:
-        """Copy ``source`` into ``staging`` and have the security service sign it there."""
+    async def _stage(self, op: str, source: Path, staging: Path, name: str, version: str, encrypt: bool) -> dict[str, Any]:
+        """Copy ``source`` into ``staging`` (sealing each file if ``encrypt``) and have it signed there."""
+        key = await self._version_key(op, name, version) if encrypt else None
         with os_errors(op):
             staging.mkdir(mode=0o700)
             size = sum(p.stat().st_size for p in source.rglob("*") if p.is_file()) if source.is_dir() else 0
         with os_errors(op):
             if size <= INLINE_COPY_BYTES:
-                copy_checkpoint(source, staging)
+                copy_checkpoint(source, staging, key)
             else:  # not abandoned on cancel: a kill waits for the copy, so instances never overlap
-                await trio.to_thread.run_sync(copy_checkpoint, source, staging)
+                await trio.to_thread.run_sync(copy_checkpoint, source, staging, key)
             meta = {"source": str(source), "imported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "op": op}
             (staging / IMPORT_FILE).write_text(json.dumps(meta))
         try:
-            return await self._security("sign_manifest", {"path": str(staging), "name": name, "version": version, "write": True})
+            return await self._security("sign_manifest", {"path": str(staging), "name": name, "version": version, "write": True,
+                                                          "encrypted": encrypt})
+        except KernelError as error:
+            raise KernelError(error.errno, f"{op}: {name}@{version}: {error.message}") from None
+
+    async def _version_key(self, op: str, name: str, version: str) -> bytes:
+        """The key that seals ``name@version`` in an encrypted store (the security service's ``model_key``)."""
+        try:
+            return bytes((await self._security("model_key", {"name": name, "version": version}))["key"])
         except KernelError as error:
             raise KernelError(error.errno, f"{op}: {name}@{version}: {error.message}") from None
 
@@ -308,7 +345,8 @@ class ModelServer(Server):
     def _describe_add(name: str, version: str, envelope: dict[str, Any], existing: bool) -> dict[str, Any]:
         files = envelope["manifest"]["files"]
         return {"name": name, "version": version, "model": f"{name}@{version}", "key_id": envelope["signature"]["key_id"],
-                "files": len(files), "bytes": sum(f["bytes"] for f in files), "existing": existing}
+                "files": len(files), "bytes": sum(f["bytes"] for f in files), "existing": existing,
+                "encrypted": is_encrypted(envelope["manifest"])}
 
     # -- reading the registry ------------------------------------------------------------------
 
@@ -320,9 +358,12 @@ class ModelServer(Server):
         for name in self._names():
             versions = self._versions(name)
             envelope = self._envelope(name, versions[-1])
-            rows.append({"name": name, "versions": versions, "newest": versions[-1],
-                         "loaded": [v for v in versions if (name, v) in loaded],
-                         "bytes": sum(f["bytes"] for f in envelope["manifest"]["files"])})
+            row = {"name": name, "versions": versions, "newest": versions[-1],
+                   "loaded": [v for v in versions if (name, v) in loaded],
+                   "bytes": sum(f["bytes"] for f in envelope["manifest"]["files"])}
+            if is_encrypted(envelope["manifest"]):  # only then: rows of plain stores stay as they were
+                row["encrypted"] = True
+            rows.append(row)
         return {"models": rows}
 
     async def do_show(self, raw: dict[str, Any]) -> dict[str, Any]:
@@ -343,7 +384,7 @@ class ModelServer(Server):
             "config": {key: config[key] for key in CONFIG_SUMMARY_KEYS if key in config},
             "files": [{"path": f["path"], "bytes": f["bytes"]} for f in manifest["files"]],
             "bytes": manifests.total_bytes(manifest), "weight_bytes": weight_bytes(envelope),
-            "loaded": (name, version) in self._loaded(),
+            "loaded": (name, version) in self._loaded(), "encrypted": is_encrypted(manifest),
         }
 
     async def do_verify(self, raw: dict[str, Any]) -> dict[str, Any]:
@@ -395,13 +436,21 @@ class ModelServer(Server):
         """Verify a version and pin it for ``holder``: {name, holder} -> where and how big it is.
 
         The kernel loads the returned ``path`` only after this reply, so what it loads is what
-        was signed (the store is private to this server's user).
+        was signed (the store is private to this server's user). For an encrypted version the
+        reply also has ``sealed``: {key, sha256: {path: hex}}, which the kernel passes to the
+        driver's ``load_model``; the driver decrypts in memory and checks each file again.
         """
         args = Args("load", raw, ("name", "holder"))
         ref, holder = args.text("name", max_len=256), args.text("holder", max_len=128)
         name, version = self._resolve("load", ref)
         verified = await self._verify("load", name, version)
         envelope = self._envelope(name, version)
+        sealed_grant = None
+        if is_encrypted(envelope["manifest"]):  # asked before pinning: a failure leaves nothing pinned
+            # The key travels in this reply to the kernel and on to the driver. That is acceptable:
+            # both are trusted (the driver must hold the plaintext weights anyway), the messages go
+            # over in-process channels or a local socket only, and the key opens this version alone.
+            sealed_grant = {"key": await self._version_key("load", name, version), "sha256": {f["path"]: f["sha256"] for f in envelope["manifest"]["files"]}}
         async with self._lock:
             if not self._versions(name) or version not in self._versions(name):
                 raise KernelError("ENOENT", f"load: {name}@{version} was removed while it was verified")
@@ -410,10 +459,14 @@ class ModelServer(Server):
             if [name, version] not in held:
                 held.append([name, version])
                 self._write_pins(pins)
-        return {"name": name, "version": version, "model": f"{name}@{version}", "path": str(self.store / name / version),
-                "key_id": verified["key_id"], "bytes": verified["bytes"], "weight_bytes": weight_bytes(envelope),
-                "config": {key: envelope["manifest"]["config"][key] for key in CONFIG_SUMMARY_KEYS
-                           if key in envelope["manifest"]["config"]}}
+        grant = {"name": name, "version": version, "model": f"{name}@{version}", "path": str(self.store / name / version),
+                 "key_id": verified["key_id"], "bytes": verified["bytes"], "weight_bytes": weight_bytes(envelope),
+                 "config": {key: envelope["manifest"]["config"][key] for key in CONFIG_SUMMARY_KEYS
+                            if key in envelope["manifest"]["config"]},
+                 "encrypted": sealed_grant is not None}
+        if sealed_grant is not None:
+            grant["sealed"] = sealed_grant
+        return grant
 
     async def do_unload(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Unpin NAME@VERSION for ``holder``: {name, holder} -> {model, unpinned}."""

@@ -15,13 +15,15 @@ Handlers never await between two writes, so a kill (a cancellation) lands before
 or after it, never half-way through one; crash-safe file operations cover a real crash.
 
 Trust: the kernel is this server's only peer and fills in identity (pid, tenant) from the
-caller's session; a user never talks to it directly.
+caller's session; a user never talks to it directly. (The models service, started by the same
+kernel, also calls it: to sign and verify manifests and for the keys of encrypted versions.)
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -32,9 +34,10 @@ from llmos.kernel.errors import KernelError
 from llmos.kernel.server import Server
 
 from . import manifest as manifests
+from . import sealed_manifest
 from .audit import AuditLog
 from .capabilities import CapabilityAuthority
-from .crypto import TenantCipher, load_master_key
+from .crypto import TenantCipher, load_master_key, model_store_key
 from .home import llmos_home
 from .keys import KeyStore
 from .securefiles import absolute_path_arg, os_errors
@@ -116,6 +119,7 @@ class SecurityServer(Server):
         try:
             self.keys = KeyStore(self.home)
             master, master_created = load_master_key(self.home)
+            self._master = master  # model store keys are derived from it (model_store_key)
             self.cipher = TenantCipher(master)
             self.caps = CapabilityAuthority(self.home, master)
             self.audit = AuditLog(self.home, self.keys, clock)
@@ -142,13 +146,22 @@ class SecurityServer(Server):
     # -- manifests --------------------------------------------------------------------------
 
     async def do_sign_manifest(self, raw: dict[str, Any]) -> dict[str, Any]:
-        """Sign a checkpoint directory: {path, name, version, write=true} -> {manifest, key_id, file}."""
-        args = Args("sign_manifest", raw, ("path", "name", "version", "write"))
+        """Sign a checkpoint directory: {path, name, version, write=true, encrypted=false} -> {manifest, key_id, file}.
+
+        ``encrypted``: the directory's files are sealed under the version's key (``model_key``);
+        the manifest then lists their plaintext sizes and sha256, and says ``encrypted: true``.
+        """
+        args = Args("sign_manifest", raw, ("path", "name", "version", "write", "encrypted"))
         directory = _directory(args)
         name, version = args.text("name", max_len=256), args.text("version", max_len=64)
-        write = args.flag("write", True)
+        write, encrypted = args.flag("write", True), args.flag("encrypted", False)
         self._check_ready()
-        manifest = await _hash_work("sign_manifest", lambda: manifests.make_manifest(directory, name, version), _dir_bytes(directory))
+        if encrypted:
+            key = model_store_key(self._master, name, version)
+            describe: Callable[[], dict[str, Any]] = partial(sealed_manifest.make_sealed_manifest, directory, name, version, key)
+        else:
+            describe = partial(manifests.make_manifest, directory, name, version)
+        manifest = await _hash_work("sign_manifest", describe, _dir_bytes(directory))
         envelope = manifests.sign_manifest(manifest, self.keys)
         target = None
         if write:
@@ -156,7 +169,8 @@ class SecurityServer(Server):
             with os_errors("sign_manifest"):
                 manifests.write_envelope(target, envelope)
         self._record("security.manifest_signed", name=name, version=version, path=str(directory),
-                     key_id=self.keys.key_id, files=len(manifest["files"]), bytes=manifests.total_bytes(manifest))
+                     key_id=self.keys.key_id, files=len(manifest["files"]), bytes=manifests.total_bytes(manifest),
+                     **({"encrypted": True} if encrypted else {}))
         return {"manifest": envelope, "key_id": self.keys.key_id, "file": None if target is None else str(target)}
 
     async def do_verify_manifest(self, raw: dict[str, Any]) -> dict[str, Any]:
@@ -174,7 +188,12 @@ class SecurityServer(Server):
                 with os_errors("verify_manifest"):
                     envelope = manifests.read_envelope(directory)
             manifest, key_id = manifests.verify_envelope(envelope, self.keys)
-            count = await _hash_work("verify_manifest", lambda: manifests.verify_files(manifest, directory), manifests.total_bytes(manifest))
+            if sealed_manifest.is_encrypted(manifest):  # hashed over the plaintext, decrypted in memory
+                key = model_store_key(self._master, manifest["name"], manifest["version"])
+                check: Callable[[], int] = partial(sealed_manifest.verify_sealed_files, manifest, directory, key)
+            else:
+                check = partial(manifests.verify_files, manifest, directory)
+            count = await _hash_work("verify_manifest", check, manifests.total_bytes(manifest))
         except KernelError as error:
             self._record("security.manifest_refused", path=str(directory), errno=error.errno, reason=error.message)
             raise
@@ -182,6 +201,21 @@ class SecurityServer(Server):
                   "files": count, "bytes": manifests.total_bytes(manifest)}
         self._record("security.manifest_verified", path=str(directory), **result)
         return result
+
+    async def do_model_key(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """The key that seals one version of an encrypted model store: {name, version} -> {key: bin}.
+
+        The models service asks for it to seal files at import and to put it in a load grant,
+        which the kernel passes on to the driver that decrypts in memory. Only those trusted
+        peers reach this server (module docstring); the key opens that one version and nothing
+        else (crypto.py ``model_store_key``). Each issue is audited, without the key.
+        """
+        args = Args("model_key", raw, ("name", "version"))
+        name, version = args.text("name", max_len=256), args.text("version", max_len=64)
+        self._check_ready()
+        key = model_store_key(self._master, name, version)
+        self._record("security.model_key_issued", name=name, version=version)
+        return {"key": key}
 
     # -- keys -------------------------------------------------------------------------------
 

@@ -165,13 +165,16 @@ class Client:
 
     # -- models (the kernel needs its models service: ``llmos boot --home PATH``) -------------
 
-    async def model_import(self, path: str | os.PathLike[str], name: str) -> dict[str, Any]:
-        """Copy a Hugging Face-format checkpoint directory into the store as ``name`` version 1 (uid 0)."""
-        return await self.call("model_import", path=os.path.abspath(path), name=name)
+    async def model_import(self, path: str | os.PathLike[str], name: str, encrypt: bool = False) -> dict[str, Any]:
+        """Copy a Hugging Face-format checkpoint directory into the store as ``name`` version 1 (uid 0).
 
-    async def model_update(self, name: str, path: str | os.PathLike[str]) -> dict[str, Any]:
-        """Add the next version of ``name`` from a checkpoint directory (uid 0)."""
-        return await self.call("model_update", name=name, path=os.path.abspath(path))
+        ``encrypt``: store every file AES-GCM sealed; it is decrypted only in a driver's memory.
+        """
+        return await self.call("model_import", path=os.path.abspath(path), name=name, encrypt=encrypt or None)
+
+    async def model_update(self, name: str, path: str | os.PathLike[str], encrypt: bool = False) -> dict[str, Any]:
+        """Add the next version of ``name`` from a checkpoint directory (uid 0); ``encrypt`` as for import."""
+        return await self.call("model_update", name=name, path=os.path.abspath(path), encrypt=encrypt or None)
 
     async def model_list(self) -> list[dict[str, Any]]:
         """One row per model: name, versions, newest, loaded versions, bytes."""

@@ -1,12 +1,13 @@
 """``llmos model``: the model manager of a running kernel (booted with ``--home``), through libllm.
 
-    llmos model import PATH --name NAME     copy and sign a Hugging Face-format checkpoint (uid 0)
+    llmos model import PATH --name NAME [--encrypt]   copy and sign a Hugging Face-format checkpoint (uid 0);
+                                            --encrypt stores its files sealed with AES-GCM
     llmos model list                        models, versions, which are loaded
     llmos model show NAME[@VERSION]         config summary, files, sizes, signer
     llmos model verify NAME[@VERSION]       check the files against the signed manifest
     llmos model load NAME[@VERSION] [--device D]   verify and load onto a device (uid 0)
     llmos model unload NAME[@VERSION] [--device D] (uid 0)
-    llmos model update NAME PATH            a new version; running processes keep theirs (uid 0)
+    llmos model update NAME PATH [--encrypt]   a new version; running processes keep theirs (uid 0)
     llmos model rm NAME[@VERSION]           (uid 0; refused while loaded)
 """
 
@@ -14,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
 from . import libllm
 from .inspect import format_table
+
+ENCRYPT_HELP = ("store every file of the version encrypted (AES-256-GCM, a key per version derived from the "
+                "home's master key); loading decrypts in the driver's memory only")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +35,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     imp = sub.add_parser("import", parents=[common], help="copy a Hugging Face-format checkpoint into the store, signed")
     imp.add_argument("path", help="checkpoint directory: config.json, *.safetensors, tokenizer.json")
     imp.add_argument("--name", required=True, help="the model's name")
+    imp.add_argument("--encrypt", action="store_true", help=ENCRYPT_HELP)
     sub.add_parser("list", parents=[common], help="models, their versions, which are loaded")
     for action, text in (("show", "one version: config summary, files, sizes, signer"),
                          ("verify", "check a version's files against its signed manifest"),
@@ -45,6 +49,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     update = sub.add_parser("update", parents=[common], help="add a new version from a checkpoint directory")
     update.add_argument("name")
     update.add_argument("path")
+    update.add_argument("--encrypt", action="store_true", help=ENCRYPT_HELP)
 
 
 def _size(num_bytes: int) -> str:
@@ -60,17 +65,23 @@ def format_result(action: str, result: Any) -> str:
     if action in ("import", "update"):
         what = "already held" if result["existing"] else ("imported" if action == "import" else "added")
         return (f"{what} {result['model']}: {result['files']} files, {_size(result['bytes'])}, "
-                f"signed by key {result['key_id']}")
+                f"signed by key {result['key_id']}" + (", stored encrypted" if result.get("encrypted") else ""))
     if action == "list":
         rows = [{"name": m["name"], "versions": ",".join(m["versions"]), "newest": m["newest"],
-                 "loaded": ",".join(m["loaded"]) or "-", "size": _size(m["bytes"])} for m in result]
-        return format_table(rows, ("name", "versions", "newest", "loaded", "size")) if rows else "no models"
+                 "loaded": ",".join(m["loaded"]) or "-", "size": _size(m["bytes"]),
+                 "encrypted": "yes" if m.get("encrypted") else "-"} for m in result]
+        columns = ("name", "versions", "newest", "loaded", "size")
+        if any(m.get("encrypted") for m in result):  # the column appears once there is something to say
+            columns += ("encrypted",)
+        return format_table(rows, columns) if rows else "no models"
     if action == "show":
         lines = [f"model    {result['model']}  (versions {', '.join(result['versions'])}; "
                  f"{'loaded' if result['loaded'] else 'not loaded'})",
                  f"path     {result['path']}", f"source   {result['source']}", f"created  {result['created']}",
                  f"signer   key {result['key_id']}",
                  f"size     {_size(result['bytes'])} ({_size(result['weight_bytes'])} of weights)"]
+        if result.get("encrypted"):
+            lines.append("stored   encrypted (AES-256-GCM; sizes and sha256 are of the plaintext)")
         lines += [f"config   {key} = {json.dumps(value)}" for key, value in result["config"].items()]
         lines += [f"file     {f['path']}  {_size(f['bytes'])}" for f in result["files"]]
         return "\n".join(lines)
@@ -96,9 +107,9 @@ def run_model(args: argparse.Namespace) -> int:
     try:
         with libllm.connect(args.socket) as llm:
             if action == "import":
-                result: Any = llm.model_import(os.path.abspath(args.path), args.name)
+                result: Any = llm.model_import(args.path, args.name, encrypt=args.encrypt)
             elif action == "update":
-                result = llm.model_update(args.name, os.path.abspath(args.path))
+                result = llm.model_update(args.name, args.path, encrypt=args.encrypt)
             elif action == "list":
                 result = llm.model_list()
             elif action in ("load", "unload"):

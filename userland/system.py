@@ -8,14 +8,18 @@ kernel routes each new process to the least loaded of them.
 
 Services start only when asked: ``--home PATH`` (or ``$LLMOS_HOME``; ``--home default`` for
 the platform's data directory) starts the security and models services with their state in
-that directory, so ``llmos model ...`` works against the kernel. ``model_device`` is the
-factory the kernel calls to make the device of a model loaded at run time.
+that directory, so ``llmos model ...`` works against the kernel. With a home, the torch
+drivers (cpu, npu, cuda) also swap KV blocks to encrypted files under ``home/swap`` instead of
+host memory (services/swap_disk.py; each tenant's blocks under its own key, derived from the
+home's master key as the security service derives it). ``model_device`` is the factory the
+kernel calls to make the device of a model loaded at run time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -23,10 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from llmos.kernel import params
+from llmos.kernel.errors import KernelError
 from llmos.kernel.kernel import DeviceConfig, KernelConfig
 from llmos.kernel.policy import POLICIES
 from llmos.kernel.preemption import PreemptionMode
 from llmos.kernel.scheduler import SchedulerConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -161,13 +168,39 @@ DRIVER_KINDS: dict[str, Any] = {
     "npu": _npu_device,
     "sim": _sim_device,
 }
+TORCH_KINDS = frozenset({"cpu", "cuda", "npu"})  # drivers with real KV blocks to swap (TorchDriver)
 
 
-def model_device(options: SystemOptions, kind: str, name: str, model: str, path: str) -> DeviceConfig:
+def swapping_to_disk(factory: Any, home: Path, device_name: str) -> Any:
+    """``factory`` (of a torch driver) made to swap to encrypted files under ``home/swap``.
+
+    Each call, a boot or the supervisor's restart, opens a fresh store: what an earlier
+    instance of the device left on disk is deleted, as its handles died with it.
+    """
+    return partial(_open_swapping_to_disk, factory, home, device_name)
+
+
+def _open_swapping_to_disk(factory: Any, home: Path, device_name: str) -> Any:
+    from llmos.services.swap_disk import EncryptedDiskSwap
+
+    driver = factory()
+    try:
+        # An attribute, not a constructor argument: NpuDriver and CudaDriver do not pass one on.
+        driver.swap_store = EncryptedDiskSwap.open(home, device_name)
+    except (KernelError, OSError) as exc:
+        # Host memory keeps the blocks off the disk altogether, so confidentiality holds;
+        # refusing to swap would fail processes instead. The security service reports the key.
+        log.warning("device %s swaps to host memory: no encrypted swap under %s (%s)", device_name, home, exc)
+    return driver
+
+
+def model_device(options: SystemOptions, kind: str, name: str, model: str, path: str,
+                 home: Path | None = None) -> DeviceConfig:
     """The device of a model loaded at run time (``KernelConfig.device_factory``).
 
     ``kind`` is that of the boot device it is loaded onto; ``path`` is the checkpoint the
-    models service verified. ValueError for a kind that cannot load checkpoints.
+    models service verified; with ``home`` (resolved) it swaps to encrypted files there.
+    ValueError for a kind that cannot load checkpoints.
     """
     if kind == "sim":
         from llmos.drivers.sim import SimDriver
@@ -187,6 +220,8 @@ def model_device(options: SystemOptions, kind: str, name: str, model: str, path:
         factory = partial(NpuDriver, options.npu, options.dtype)
     else:
         raise ValueError(f"devices of kind {kind!r} cannot load checkpoints")
+    if home is not None:
+        factory = swapping_to_disk(factory, home, name)
     return DeviceConfig(name, factory, model, {"path": path}, options.kv_blocks, options.block_size,
                         options.swap_blocks, options.prefix_cache)
 
@@ -239,9 +274,12 @@ def build_config(options: SystemOptions) -> KernelConfig:
         raise ValueError(f"unknown policy {options.policy!r}; known: {', '.join(sorted(POLICIES))}")
     if options.model_memory is not None and options.model_memory <= 0:
         raise ValueError("--model-memory must be positive")
+    home = resolve_home(options.home) if options.home is not None else None
     devices = []
     for index, kind in enumerate(kinds):
         device = DRIVER_KINDS[kind](options, f"{kind}{kinds[:index].count(kind)}")  # cpu0, sim0, sim1
+        if home is not None and kind in TORCH_KINDS:
+            device.driver = swapping_to_disk(device.driver, home, device.name)
         device.num_swap_blocks = options.swap_blocks
         device.prefix_cache = options.prefix_cache
         device.model_memory_bytes = options.model_memory
@@ -250,8 +288,8 @@ def build_config(options: SystemOptions) -> KernelConfig:
         devices=devices,
         policy=options.policy,
         scheduler=SchedulerConfig(options.max_batch_tokens, options.max_seqs, PreemptionMode(options.preemption)),
-        device_factory=partial(model_device, options),
+        device_factory=partial(model_device, options, home=home),
     )
-    if options.home is not None:
-        add_services(config, resolve_home(options.home))
+    if home is not None:
+        add_services(config, home)
     return config
