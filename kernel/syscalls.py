@@ -229,11 +229,12 @@ async def sys_nice(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str,
     value = a.integer("value", lo=params.NICE_MIN, hi=params.NICE_MAX)
     cap = a.text("cap", None, max_len=4096)
     _owned(caller, proc, "nice")
+    if cap is not None:  # a handle presented is checked, even by uid 0: a wrong one is an error
+        await k.caps.check(proc, cap, "priority", "renice")
     if value < proc.nice and caller.uid != 0:
         if cap is None:
             how = "or the process's priority capability (cap=, from spawn or stat)" if k.caps.enabled else "(without a security service there are no capabilities)"
             raise KernelError("EPERM", f"nice: lowering nice ({proc.nice} -> {value}) takes uid 0 {how}")
-        await k.caps.check(proc, cap, "priority", "renice")
         if value < proc.nice_floor:
             raise KernelError("EPERM", f"nice: process {proc.pid}'s priority capability allows nice >= {proc.nice_floor}, not {value}")
     proc.nice = value

@@ -75,6 +75,8 @@ async def test_another_processs_capability_is_refused(autojump_clock, tmp_path):
                 await alice.nice(second, 0, cap=(await alice.caps(first))["priority"])
             assert f"belongs to pid {first}, not pid {second}" in err.value.message
             assert (await alice.stat(second))["nice"] == 10
+            with pytest.raises(libllm.EPERM):  # uid 0 needs no handle, but one it presents is checked
+                await root.nice(second, 0, cap=(await alice.caps(first))["priority"])
 
 
 async def test_forged_and_edited_handles_are_refused(autojump_clock, tmp_path):
