@@ -187,8 +187,9 @@ class RpcClient:
                     if not self._reading:
                         await self._read_until(waiter)
                     else:
-                        await waiter.event.wait()  # our reply, or a nudge to take over reading
                         waiter.event = trio.Event()
+                        await waiter.event.wait()  # our reply, or a nudge to take over reading
+                        waiter.event = None
             except trio.Cancelled:
                 if waiter.outcome is _UNSET and self._closed_error is None:
                     await self._send_cancel(request_id)
@@ -200,7 +201,7 @@ class RpcClient:
                 # the turn on, or a follower would wait for a reply nobody reads.
                 for other in self._waiters.values():
                     if other.outcome is _UNSET:
-                        other.event.set()
+                        other.wake()
                         break
         if isinstance(waiter.outcome, KernelError):
             raise waiter.outcome
@@ -231,12 +232,12 @@ class RpcClient:
                 other = self._waiters.get(request_id)
                 if other is not None and other.outcome is _UNSET:
                     other.outcome = outcome
-                    other.event.set()
+                    other.wake()
         finally:
             self._reading = False
             for other in self._waiters.values():
                 if other.outcome is _UNSET and other is not waiter:
-                    other.event.set()  # nudge one follower to become the reader
+                    other.wake()  # nudge one follower to become the reader
                     break
 
     @property
@@ -252,16 +253,24 @@ class RpcClient:
         for waiter in self._waiters.values():
             if waiter.outcome is _UNSET:
                 waiter.outcome = error
-                waiter.event.set()
+                waiter.wake()
         self.stream.close()  # wakes a reader blocked in receive; it finds its outcome set
 
 
 class _Waiter:
+    """One call's reply slot. Its event exists only while the caller sleeps as a follower:
+    the usual lone caller reads its own reply and never needs one."""
+
     __slots__ = ("event", "outcome")
 
     def __init__(self) -> None:
-        self.event = trio.Event()
+        self.event: trio.Event | None = None
         self.outcome: Any = _UNSET
+
+    def wake(self) -> None:
+        """Wake the caller if it sleeps (its reply came, or it is its turn to read)."""
+        if self.event is not None:
+            self.event.set()
 
 
 @asynccontextmanager
