@@ -37,6 +37,9 @@ from .proctable import ProcessTable
 
 log = logging.getLogger(__name__)
 
+HORIZON_BUDGET_MIN = 8  # steps a multi-step plan may always ask for
+HORIZON_BUDGET_MAX = 1 << 16  # above any driver's max_steps: the driver's limit then rules
+
 
 @dataclass
 class SchedulerConfig:
@@ -125,6 +128,10 @@ class DeviceScheduler(MemoryPlanning):
         # What the driver said of itself in load_model's reply (adopt_driver_info):
         self.modeled_time = False  # it models time: the kernel lets each step's time pass
         self.driver_max_steps = 1  # most steps it runs in one call
+        # Steps the next multi-step plan asks for at most, learnt from how far the last runs
+        # got before an event cut them (see _learn_horizon): a driver models every step asked
+        # for, and asking for hundreds when arrivals cut runs after a few wastes nearly all.
+        self._horizon_budget = HORIZON_BUDGET_MIN
         self.shape_batches = False  # it wants batch shapes only (no token ids or block tables)
         self.last_batch = (0, 0)  # (sequences, tokens) of the latest step, for telemetry
         self._salt_of = salt_of
@@ -325,7 +332,19 @@ class DeviceScheduler(MemoryPlanning):
         finally:
             self._in_flight = set()
             self._horizon = None
+        self._learn_horizon(horizon)
         self._settle(horizon, horizon.num_steps)
+
+    def _learn_horizon(self, horizon: Horizon) -> None:
+        """Size the next run's request from this one, like TCP's slow start: a run that kept
+        every step it planned doubles the budget; one cut short asks for twice what it kept.
+        Only the driver's wasted work changes: any length gives the same results."""
+        if horizon.num_planned <= 1:
+            return
+        if horizon.num_steps >= horizon.num_planned:
+            self._horizon_budget = min(2 * self._horizon_budget, HORIZON_BUDGET_MAX)
+        else:
+            self._horizon_budget = min(max(HORIZON_BUDGET_MIN, 2 * horizon.num_steps), HORIZON_BUDGET_MAX)
 
     def settle(self) -> None:
         """Apply the steps of a multi-step run in progress that have ended by now.
@@ -498,7 +517,7 @@ class DeviceScheduler(MemoryPlanning):
             # grow past its KV quota: with either configured, plan one step at a time (exact,
             # at the cost of multi-step).
             return None
-        limit = min(self.config.max_steps, self.driver_max_steps)
+        limit = min(self.config.max_steps, self.driver_max_steps, self._horizon_budget)
         seq_steps = lookahead_steps(self._chosen, batch, self.kv, limit, len(self._running),
                                     self._waiting_may_enter(), not self._ready)
         return seq_steps if max(seq_steps) > 1 else None
