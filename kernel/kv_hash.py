@@ -45,13 +45,20 @@ def hash_block(parent: BlockHash | None, token_ids: Sequence[int], salt: bytes) 
         A HASH_BYTES-byte digest, identical across runs and machines for the same inputs.
     """
     # One buffer, one call: this runs for every full block of every process.
+    packer = _PACKERS.get(len(token_ids))
+    if packer is None:
+        packer = _PACKERS[len(token_ids)] = struct.Struct(f"<Q{len(token_ids)}q")
     data = b"".join((
         b"\x00" if parent is None else b"\x01" + parent,
-        struct.pack("<Q", len(salt)),
+        _LENGTH.pack(len(salt)),
         salt,
-        struct.pack(f"<Q{len(token_ids)}q", len(token_ids), *token_ids),
+        packer.pack(len(token_ids), *token_ids),
     ))
     return hashlib.blake2b(data, digest_size=HASH_BYTES, person=_PERSON).digest()
+
+
+_LENGTH = struct.Struct("<Q")
+_PACKERS: dict[int, struct.Struct] = {}  # tokens per block -> its packer (one or two sizes ever)
 
 
 def iter_block_hashes(

@@ -251,12 +251,17 @@ class KVCacheManager:
         seq = self._resident(pid)
         if not self.enable_prefix_cache:
             return 0
-        num_full = min(num_computed, len(token_ids), len(seq.blocks) * self.block_size) // self.block_size
+        size = self.block_size
+        num_full = min(num_computed, len(token_ids), len(seq.blocks) * size) // size
+        first = len(seq.hashes)
+        if first >= num_full:
+            return 0
+        tokens = token_ids[first * size : num_full * size]  # one slice: token_ids may be a view
         num_cached = 0
         parent = seq.hashes[-1] if seq.hashes else None
-        for i in range(len(seq.hashes), num_full):
-            tokens = token_ids[i * self.block_size : (i + 1) * self.block_size]
-            parent = hash_block(parent, tokens, seq.salt)
+        for i in range(first, num_full):
+            offset = (i - first) * size
+            parent = hash_block(parent, tokens[offset : offset + size], seq.salt)
             seq.hashes.append(parent)
             num_cached += self.pool.register(seq.blocks[i], parent)
         return num_cached
