@@ -165,7 +165,7 @@ class Kernel:
         self._use_stamps = itertools.count(1)
         self.residency = ModelResidency(self)
         # Tenant quotas, cached from the resources service (kernel/quotas.py); None without it.
-        self.quotas = QuotaKeeper(self.table, self._blocks_of, self._submit) if "resources" in config.services else None
+        self.quotas = QuotaKeeper(self.table, self.blocks_of, self._submit) if "resources" in config.services else None
         # Processes' capabilities, minted and checked by the security service; inert without it.
         self.caps = ProcessCapabilities(self._security_call if "security" in config.services else None)
         if self.caps.enabled:
@@ -287,7 +287,11 @@ class Kernel:
         for proc in list(self.table):
             if proc.alive:
                 status = ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGKILL, message="the kernel is shutting down")
-                self.devices[proc.device].scheduler.finish(proc, status)
+                device = self.devices.get(proc.device)
+                if device is not None:
+                    device.scheduler.finish(proc, status)
+                else:  # its device is gone (unloaded): nothing holds its memory any more
+                    self.table.exit(proc, status)
         self.supervisor.stop_all()
 
     # -- services ----------------------------------------------------------------------------
@@ -479,7 +483,7 @@ class Kernel:
                      key=lambda d: (d.scheduler.num_running + d.scheduler.num_waiting, d.name))
         return self.touch(chosen)  # for residency: idle run-time models are unloaded LRU first
 
-    def _blocks_of(self, proc: Process) -> int:
+    def blocks_of(self, proc: Process) -> int:
         """KV blocks ``proc`` holds on its device now (0 once its device is gone)."""
         device = self.devices.get(proc.device)
         return device.scheduler.kv.table_len(proc.pid) if device is not None else 0

@@ -174,6 +174,14 @@ class QuotaKeeper:
             return f"tenant {tenant!r} holds {num_blocks} KV blocks, its quota is {quota.kv_blocks}"
         return None
 
+    def precheck(self, op: str, proc: Process) -> None:
+        """EAGAIN now if ``admit`` would refuse ``proc`` (changes nothing; a held one passes)."""
+        quota = self.quotas.get(proc.tenant)
+        if quota is not None and quota.over_quota != "queue":
+            reason = self.over_quota(proc.tenant)
+            if reason is not None:
+                raise KernelError("EAGAIN", f"{op}: {reason}")
+
     def admit(self, op: str, proc: Process) -> bool:
         """Whether a new process may be submitted now; False: it is held (queue mode).
 

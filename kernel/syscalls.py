@@ -92,8 +92,14 @@ async def sys_spawn(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str
         nice=nice,
         nice_floor=nice,
     )
+    if k.quotas is not None and k.caps.enabled:
+        k.quotas.precheck("spawn", proc)  # refuse (EAGAIN) before minting handles for nothing
     caps = await k.caps.grant(proc)  # None without a security service
     try:
+        if k.devices.get(device.name) is not device:
+            # Its model was unloaded (or evicted) while we awaited the tokenizer or the
+            # security service: the process must not be queued on a device that is gone.
+            raise KernelError("ENOENT", f"spawn: model {device.model} was unloaded while the process was being created")
         held = k.quotas is not None and not k.quotas.admit("spawn", proc)  # EAGAIN over quota
     except KernelError:
         k.caps.forget(proc.pid)
@@ -247,7 +253,7 @@ async def sys_ps(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str, A
     rows = []
     for proc in sorted(k.table, key=lambda p: p.pid):
         row = proc.summary()
-        row["kv_blocks"] = len(k.devices[proc.device].scheduler.kv.table(proc.pid))
+        row["kv_blocks"] = k.blocks_of(proc)
         rows.append(row)
     return {"processes": rows}
 
@@ -257,7 +263,7 @@ async def sys_stat(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str,
     a = Args("stat", raw, ("pid",))
     proc = k.table.get(a.integer("pid"))
     info = proc.stat(k.now())
-    info["kv_blocks"] = len(k.devices[proc.device].scheduler.kv.table(proc.pid))
+    info["kv_blocks"] = k.blocks_of(proc)
     info["nice_floor"] = proc.nice_floor
     if caller.uid in (0, proc.uid):  # handles are bound to the pid, but still the owner's business
         info["caps"] = dict(proc.caps) if k.caps.enabled else None

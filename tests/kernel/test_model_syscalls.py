@@ -280,3 +280,28 @@ async def test_killing_the_models_and_security_services_loses_no_process_output_
         assert all(restarts[s] - before[s] == KILLS_PER_SERVICE for s in injected)
         assert min(survived.values()) >= 10
         assert (await root.model_verify("a"))["model"] == "a@2"
+
+
+async def test_a_spawn_racing_an_unload_never_lands_on_the_unloaded_device(autojump_clock, tmp_path):
+    # Spawn awaits the security service (capabilities) after routing: an unload can run then.
+    async with open_system(tmp_path / "home") as (kernel, root):
+        await root.model_import(checkpoint(tmp_path, "tiny"), "tiny")
+        await root.model_load("tiny")
+        async with libllm.open_client(kernel, uid=1000, tenant="alice") as alice:
+            outcome: dict[str, Any] = {}
+
+            async def spawn() -> None:
+                try:
+                    outcome["spawn"] = await alice.spawn(model="tiny", prompt_ids=[1, 2, 3], max_tokens=5)
+                except libllm.ENOENT as error:
+                    outcome["spawn"] = error
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(spawn)
+                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.checkpoint()
+                outcome["unload"] = await root.model_unload("tiny")
+            spawned = outcome["spawn"]
+            assert isinstance(spawned, libllm.ENOENT) and "unloaded while" in spawned.message
+            assert all(p.device in kernel.devices for p in kernel.table)
+            await alice.call("ps")  # every process is on a device that exists
