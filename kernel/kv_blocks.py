@@ -181,6 +181,17 @@ class BlockPool:
         self._cached[block_hash] = block
         return True
 
+    def uncache(self, block: int) -> None:
+        """Take ``block`` out of the prefix cache: its contents cannot be trusted (no-op if uncached)."""
+        block_hash = self._hash[block]
+        if block_hash is None:
+            return
+        del self._cached[block_hash]
+        self._hash[block] = None
+        if self._ref[block] == 0:  # evictable: now merely empty
+            del self._evictable[block]
+            self._empty.append(block)
+
     def check_invariants(self) -> None:
         """Raise AssertionError unless the partition and the cache bijection hold."""
         empty, evictable = set(self._empty), set(self._evictable)

@@ -388,6 +388,19 @@ class KVCacheManager:
         self.num_swapped_in += len(pairs)
         return pairs
 
+    def lose(self, pid: int) -> int:
+        """``pid``'s KV contents are lost (a swap-in failed): uncache and free its blocks.
+
+        Its blocks were cached again by ``swap_in`` on the promise of the copy; left cached,
+        a later prompt with the same prefix would read garbage. Returns blocks freed.
+        """
+        seq = self._seqs.get(pid)
+        if seq is not None:
+            for block in seq.blocks:
+                if self.pool.ref_count(block) == 1:  # shared blocks were never swapped: they are sound
+                    self.pool.uncache(block)
+        return self.free(pid)
+
     def reset(self) -> None:
         """The driver restarted: every block's contents are gone. Forget all tables and swap.
 

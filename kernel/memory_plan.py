@@ -148,13 +148,15 @@ class MemoryPlanning:
             self._ops.append(("copy_blocks", {"src": [s for s, _ in pairs], "dst": [d for _, d in pairs]}, None))
         return True
 
-    def _reclaim_stopped(self, needed: int) -> bool:
-        """Drop the blocks of stopped processes (they recompute on SIGCONT); True if any freed."""
+    def _reclaim_stopped(self, needed: int, tenant: str | None = None) -> bool:
+        """Drop the blocks of stopped processes (of ``tenant``, if given; they recompute on
+        SIGCONT); True if any freed."""
         freed = 0
         for proc in self._table:
             if freed >= needed:
                 break
-            if proc.device == self.device and proc.state is ProcState.STOPPED and self.kv.table(proc.pid):
+            if (proc.device == self.device and proc.state is ProcState.STOPPED and self.kv.table(proc.pid)
+                    and tenant in (None, proc.tenant)):
                 freed += self.kv.free(proc.pid)
                 proc.acct.num_recomputed_tokens += proc.num_computed
                 proc.num_computed = 0
@@ -224,11 +226,23 @@ class MemoryPlanning:
         room = self.limiter.kv_room(proc.tenant) if self.limiter is not None else None
         return room is not None and more > room
 
+    def _end_if_over_quota(self, proc: Process) -> bool:
+        """End ``proc`` with ENOMEM if its whole sequence needs more blocks than its tenant's quota."""
+        quota = self.limiter.kv_quota(proc.tenant) if self.limiter is not None else None
+        needed = self.kv.blocks_for(proc.num_tokens)
+        if quota is None or needed <= quota:
+            return False
+        self.finish(proc, ExitStatus(ExitReason.ERROR, errno="ENOMEM", message=(
+            f"needs {needed} KV blocks, over tenant {proc.tenant!r}'s quota of {quota}")))
+        return True
+
     def _keep_kv_quota(self, proc: Process, num_tokens: int) -> bool:
         """Make room within ``proc``'s tenant's KV quota to cover ``num_tokens``, like memory.max:
         preempt the tenant's own lower-ranked processes. False if ``proc`` had to wait instead
         (preempted) or end (it alone needs more than the quota)."""
         while self._over_kv_quota(proc, num_tokens):
+            if self._reclaim_stopped(self.kv.blocks_for(num_tokens), tenant=proc.tenant):
+                continue  # the tenant's stopped processes give back their blocks first
             mine = self._rank.get(proc.pid, len(self._rank))
             siblings = [p for p in self._running if p.tenant == proc.tenant and p is not proc and p not in self._chosen
                         and self._rank.get(p.pid, len(self._rank)) > mine]

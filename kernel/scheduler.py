@@ -276,15 +276,24 @@ class DeviceScheduler(MemoryPlanning):
         try:
             if client is None:
                 raise KernelError("EIO", f"driver {self.endpoint} is restarting")
+            lost: set[int] = set()
             for op, args, pid in plan.ops:
                 try:
                     reply = await client.call(op, args)
                 except KernelError as error:
-                    if op != "swap_free" or client.closed:
+                    if client.closed or op not in ("swap_free", "swap_out", "swap_in"):
                         raise
-                    log.warning("device %s: %s", self.device, error)  # a leaked handle, not a failed step
+                    # A swap that failed (disk full, a damaged swap file) costs its own process
+                    # a recompute, never the batch: a failed swap_out leaves no handle (the
+                    # victim recomputes when admitted), a failed swap_in loses the KV now.
+                    log.warning("device %s: %s failed: %s", self.device, op, error)
+                    if op == "swap_in" and pid is not None:
+                        lost.add(pid)
+                        self._lose_kv(pid)
                     continue
                 self._record_op(op, pid, reply)
+            if lost:
+                plan = self._without(plan, lost)
             if plan.batch is None:
                 return
             multi = plan.seq_steps if plan.num_steps > 1 else None
@@ -420,6 +429,31 @@ class DeviceScheduler(MemoryPlanning):
                 self.finish(proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"))
         self._charge(served, ended_at)
 
+    def _lose_kv(self, pid: int) -> None:
+        """A swap-in of ``pid`` failed: drop its (untrustworthy) blocks; it recomputes from its tokens."""
+        proc = self._table.procs.get(pid)
+        self.kv.lose(pid)
+        if proc is None or not proc.alive:
+            return
+        proc.acct.num_recomputed_tokens += proc.num_computed
+        proc.num_computed = 0
+        if proc in self._running:
+            self._running.remove(proc)
+            self._ready.append(proc)
+        self._in_flight.discard(pid)
+        self._table.set_state(proc, ProcState.READY)
+        self._wake()
+
+    def _without(self, plan: _Plan, pids: set[int]) -> _Plan:
+        """``plan`` with the sequences of ``pids`` taken out of its batch (None if none is left)."""
+        assert plan.batch is not None
+        keep = [i for i, p in enumerate(plan.procs) if p.pid not in pids]
+        if not keep:
+            return _Plan(None, [], [])
+        # One step only: the lookahead assumed the lost process running, not waiting.
+        return _Plan(StepBatch([plan.batch.seqs[i] for i in keep], plan.batch.block_size),
+                     [plan.procs[i] for i in keep], [])
+
     def _record_op(self, op: str, pid: int | None, reply: Any) -> None:
         """Book-keeping for a driver op that just ran (the handle and bytes of a swap-out)."""
         if op != "swap_out" or pid is None:
@@ -464,6 +498,7 @@ class DeviceScheduler(MemoryPlanning):
         self._throttled = set() if limiter is None else {
             p.pid for p in self._running if limiter.allows(p.tenant, now) is not None}
         kv_limited = self.limiter is not None and self.limiter.kv_limited
+        quota_full: set[str] = set()  # tenants whose next waiting process did not fit their KV quota
         for proc in order:
             if len(chunks) >= self.config.max_seqs or budget <= 0:
                 break
@@ -483,8 +518,14 @@ class DeviceScheduler(MemoryPlanning):
                 if not self._make_room(proc, num_new):
                     continue
             elif admitting:
-                if kv_limited and self._over_kv_quota(proc, min(proc.num_tokens, proc.num_computed + budget)):
-                    continue  # its tenant is at its KV-block quota; other tenants may still enter
+                if kv_limited and (proc.tenant in quota_full or self._over_kv_quota(
+                        proc, min(proc.num_tokens, proc.num_computed + budget))):
+                    # Its tenant is at its KV-block quota: it and the tenant's later arrivals
+                    # wait (other tenants may still enter), unless it could never fit.
+                    if proc.tenant not in quota_full:
+                        quota_full.add(proc.tenant)
+                        self._end_if_over_quota(proc)
+                    continue
                 admitted = self._admit(proc, budget)
                 if admitted is None:
                     admitting = False  # later arrivals do not jump the head of the line

@@ -297,6 +297,23 @@ def test_swap_round_trip_under_pressure_recaches_evicted_blocks():
     kv.check_invariants()
 
 
+def test_losing_a_swapped_in_process_uncaches_its_blocks():
+    # swap_in re-caches blocks on the promise of the driver's copy; when the copy fails they
+    # hold garbage and must not be served to a later prompt with the same prefix.
+    kv = KVCacheManager(num_blocks=4, block_size=4, num_swap_blocks=4)
+    prompt = list(range(8))
+    kv.allocate(1, prompt, 8, A)
+    kv.commit_full_blocks(1, prompt, 8)
+    kv.swap_out(1)
+    kv.allocate(2, [9] * 16, 16, B)  # evicts the cached copies
+    kv.free(2)
+    kv.swap_in(1)
+    assert kv.cached_prefix(prompt + [0], A) == 8
+    assert kv.lose(1) == 2
+    assert kv.cached_prefix(prompt + [0], A) == 0 and kv.table(1) == []
+    kv.check_invariants()
+
+
 def test_free_of_a_swapped_process_releases_its_slots():
     kv = KVCacheManager(num_blocks=4, block_size=4, num_swap_blocks=2)
     kv.allocate(1, [1] * 5, 5, A)

@@ -165,6 +165,18 @@ async def test_a_process_that_alone_outgrows_its_tenants_kv_quota_ends_with_enom
     assert len(result.output_ids) == 24 - 16 + 1  # it ran until position 24 needed a 7th block
 
 
+async def test_a_prompt_larger_than_its_tenants_kv_quota_ends_with_enomem_not_a_wait(autojump_clock, tmp_path):
+    async with open_system(tmp_path) as (kernel, root):
+        await root.quota_set("alice", kv_blocks=2)
+        async with libllm.open_client(kernel, uid=1000, tenant="alice") as alice:
+            big = await alice.spawn(prompt_ids=list(range(1, 17)), max_tokens=5)  # 4 blocks > 2
+            small = await alice.spawn(prompt_ids=[1, 2, 3], max_tokens=4)  # 2 blocks: fits
+            with trio.fail_after(60):
+                result, fits = await alice.wait(big), await alice.wait(small)
+    assert result.exit["errno"] == "ENOMEM" and "quota of 2" in result.exit["message"]
+    assert fits.exit["reason"] == "length"
+
+
 async def test_a_throttled_tenants_blocks_go_to_a_process_that_may_run(autojump_clock, tmp_path):
     async with open_system(tmp_path, kv_blocks=24) as (kernel, root):  # blocks of 4 tokens
         await root.quota_set("alice", tokens_per_s=1.0, burst=1)

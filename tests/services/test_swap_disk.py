@@ -255,3 +255,28 @@ async def test_a_system_with_a_home_swaps_encrypted_and_changes_no_output(home, 
     if os.name == "posix":
         assert {p["mode"] for p in puts} == {0o600}
     assert not list((home / "swap").rglob("*.swap"))  # every process swapped back in and finished
+
+
+class FullDisk(EncryptedDiskSwap):
+    """A swap disk with no space left: every swap-out fails."""
+
+    def put(self, handle: int, tenant: str, tensors: list[Any]) -> int:
+        raise KernelError("EIO", "writing the swap file: No space left on device")
+
+
+class RottingDisk(EncryptedDiskSwap):
+    """Swap files damaged at rest: every swap-in fails authentication."""
+
+    def take(self, handle: int) -> list[Any]:
+        self.drop(handle)
+        raise KernelError("EIO", f"swap file of handle {handle} was altered")
+
+
+@pytest.mark.parametrize("store", [FullDisk, RottingDisk])
+async def test_a_failing_swap_costs_its_process_a_recompute_and_no_output(home, monkeypatch, store):
+    monkeypatch.setattr(swap_disk, "EncryptedDiskSwap", store)
+    common = {"model": "default", "block_size": 4, "max_seqs": 8, "max_batch_tokens": 32, "preemption": "swap"}
+    roomy, _ = await run(SystemOptions(kv_blocks=256, **common))
+    tight, info = await run(SystemOptions(kv_blocks=10, home=str(home), **common))
+    assert info["preemptions"] > 0
+    assert tight == roomy  # nobody ended with EIO; the lost KV was recomputed
