@@ -98,6 +98,7 @@ class FramedMessageStream:
     async def send(self, message: dict[str, Any]) -> None:
         """Encode, frame and send one message."""
         data = codec.frame(codec.encode(message))
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled caller sends nothing (no yield otherwise)
         if not self._send_lock.locked():
             # Fast path: a small frame nearly always fits the socket buffer at once. Writing
             # it directly skips the scheduling round trio's send_all takes after a successful
@@ -106,9 +107,21 @@ class FramedMessageStream:
             sent = self._write_now(data)
             if sent == len(data):
                 return
-            data = data[sent:]
+            if sent:
+                await self._send_rest(data[sent:])
+                return
         async with self._send_lock:
             await self.stream.send_all(data)
+
+    async def _send_rest(self, rest: bytes) -> None:
+        """Finish a frame begun by a direct write; if cancelled now, the framing is lost."""
+        try:
+            async with self._send_lock:
+                await self.stream.send_all(rest)
+        except trio.Cancelled:
+            self.broken = True  # half a frame went out: the peer can never find the next one
+            self.close()
+            raise
 
     async def _read_some(self) -> bytes:
         """The next bytes from the peer (b"" at EOF).
@@ -120,6 +133,7 @@ class FramedMessageStream:
         sock = getattr(self.stream, "socket", None)
         if sock is None:
             return await self.stream.receive_some(65536)
+        await trio.lowlevel.checkpoint_if_cancelled()  # a cancelled reader takes nothing
         while True:
             try:
                 return os.read(sock.fileno(), 65536)

@@ -54,10 +54,12 @@ async def cmd_nice(sh: Shell, args: list[str]) -> None:
         raise UsageError(usage)
     pid = sh.jobs.find(args[0]).pid if args[0].startswith("%") else _pid(args[0], usage)
     with about(args[0]):
-        # Present the process's priority capability (if the kernel minted one), so a user can
-        # take back the priority they started it with, as the capability allows, and no more.
-        cap = (await sh.llm.caps(pid)).get("priority")
-        await sh.llm.nice(pid, int(args[1]), cap=cap)
+        # Lowering nice: present the process's priority capability (if the kernel minted one),
+        # so a user can take back the priority they started it with, and no more. Raising it
+        # needs nothing, and must work after the handle was revoked.
+        info, value = await sh.llm.stat(pid), int(args[1])
+        cap = (info.get("caps") or {}).get("priority") if value < info["nice"] else None
+        await sh.llm.nice(pid, value, cap=cap)
 
 
 async def cmd_fork(sh: Shell, args: list[str]) -> None:

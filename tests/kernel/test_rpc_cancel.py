@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import trio
 
+from llmos.kernel.rpc import RpcClient, serve_stream
+from llmos.kernel.streams import FramedMessageStream
 from llmos.userland import libllm
 
 
@@ -32,3 +34,24 @@ async def test_cancelling_an_unknown_request_is_harmless(autojump_clock, llm):
         await llm.call("cancel", id="x")
     except libllm.LLMOSError:
         pass
+
+
+async def test_a_call_cancelled_before_it_is_sent_never_reaches_a_socket_server():
+    # The socket stream writes directly when it can; a cancelled caller must still send nothing.
+    served: list[str] = []
+
+    async def dispatch(request):
+        served.append(request.op)
+        return {}
+
+    left, right = trio.socket.socketpair()
+    server = FramedMessageStream(trio.SocketStream(left))
+    client = RpcClient(FramedMessageStream(trio.SocketStream(right)))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_stream, server, dispatch)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await client.call("kill", {"pid": 5})
+        assert await client.call("getpid") == {}
+        nursery.cancel_scope.cancel()
+    assert served == ["getpid"]
