@@ -27,6 +27,7 @@ import hmac
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from typing import Any
 from llmos.kernel.errors import KernelError
 
 from .crypto import derive_key
+from .home import holder_alive
 from .manifest import canonical_json
 from .securefiles import (
     append_durably,
@@ -50,6 +52,7 @@ MAX_NAME_CHARS = 256  # resource names (model names, paths) in a capability
 MAX_HANDLE_CHARS = 2048  # far above any handle mint makes; longer input is refused unparsed
 _KIND = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
 _RIGHT = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_HOLDER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -99,10 +102,25 @@ def _unb64(text: str) -> bytes:
 
 
 class CapabilityAuthority:
-    """Mints, checks and revokes capabilities for one ``LLMOS_HOME``."""
+    """Mints, checks and revokes capabilities for one ``LLMOS_HOME``, or for one kernel in it.
 
-    def __init__(self, home: Path, master: bytes) -> None:
-        self.dir = ensure_private_dir(Path(home) / "capabilities")
+    Several kernels may share a home; pids are each kernel's own, so each kernel (``holder``,
+    from ``home.new_holder``) keeps its epoch and revocations in its own folder,
+    ``capabilities/kernels/<holder>``; folders of kernels that are gone are removed. Without
+    a holder the state is the home's (``capabilities/``), as tests and tools use it.
+    """
+
+    def __init__(self, home: Path, master: bytes, holder: str | None = None) -> None:
+        if holder is None:
+            self.dir = ensure_private_dir(Path(home) / "capabilities")
+        else:
+            if not _HOLDER.fullmatch(holder):
+                raise ValueError(f"a capability holder must match {_HOLDER.pattern}, not {holder!r}")
+            kernels = ensure_private_dir(ensure_private_dir(Path(home) / "capabilities") / "kernels")
+            for entry in kernels.iterdir():
+                if entry.name != holder and entry.is_dir() and not holder_alive(entry.name):
+                    shutil.rmtree(entry, ignore_errors=True)  # a kernel that is gone: its handles died with it
+            self.dir = ensure_private_dir(kernels / holder)
         remove_stale_temps(self.dir)
         self._master = master
         self._epoch_path = self.dir / "epoch"

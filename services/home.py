@@ -8,6 +8,7 @@ choosing a folder itself.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -36,3 +37,33 @@ def llmos_home() -> Path:
     if xdg and os.path.isabs(xdg):
         return Path(xdg) / APP_NAME
     return Path.home() / ".local" / "share" / APP_NAME
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (True when it cannot be told)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # it exists (another user's), or we cannot tell: keep what it holds
+    return True
+
+
+def new_holder() -> str:
+    """A name for this kernel among those sharing a home: ``kernel-PID-HEX``, new per boot."""
+    return f"kernel-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def holder_alive(holder: str) -> bool:
+    """Holders are ``kernel-PID-HEX``; a kernel whose process is gone holds nothing.
+
+    Kernels in different PID namespaces sharing one home cannot see each other's pids: give
+    each its own home there.
+    """
+    parts = holder.split("-")
+    if len(parts) >= 2 and parts[1].isdigit():
+        return pid_alive(int(parts[1]))
+    return True

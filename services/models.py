@@ -77,7 +77,7 @@ from llmos.kernel.errors import KernelError
 from llmos.kernel.server import Server
 
 from . import manifest as manifests
-from .home import llmos_home
+from .home import holder_alive, llmos_home, pid_alive
 from .sealed_manifest import is_encrypted
 from .securefiles import absolute_path_arg, ensure_private_dir, os_errors, replace_file
 
@@ -115,26 +115,6 @@ def parse_ref(op: str, ref: str) -> tuple[str, str | None]:
 
 def _source_directory(args: Args) -> Path:
     return absolute_path_arg(args.op, args.text("path", max_len=MAX_PATH_CHARS))
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # it exists (another user's), or we cannot tell: keep what it holds
-    return True
-
-
-def _holder_alive(holder: str) -> bool:
-    """Holders are ``kernel-PID-HEX``; a kernel whose process is gone holds nothing."""
-    parts = holder.split("-")
-    if len(parts) >= 2 and parts[1].isdigit():
-        return _pid_alive(int(parts[1]))
-    return True
 
 
 def copy_checkpoint(source: Path, target: Path, key: bytes | None = None) -> int:
@@ -204,7 +184,7 @@ class ModelServer(Server):
             elif entry.name.startswith(STAGING_PREFIX):
                 pid = entry.name[len(STAGING_PREFIX):].split("-")[0]
                 # Our own pid too: the supervisor starts an instance only after the last one died.
-                if not pid.isdigit() or int(pid) == os.getpid() or not _pid_alive(int(pid)):
+                if not pid.isdigit() or int(pid) == os.getpid() or not pid_alive(int(pid)):
                     shutil.rmtree(entry, ignore_errors=True)
 
     async def _security(self, op: str, args: dict[str, Any]) -> Any:
@@ -259,7 +239,7 @@ class ModelServer(Server):
             return {}
         except (ValueError, KeyError, TypeError):
             return {}  # unreadable: nothing is held (rm may then remove a loaded version's files)
-        return {h: [list(p) for p in pins] for h, pins in holders.items() if pins and _holder_alive(h)}
+        return {h: [list(p) for p in pins] for h, pins in holders.items() if pins and holder_alive(h)}
 
     def _write_pins(self, pins: dict[str, list[list[str]]]) -> None:
         body = json.dumps({"holders": {h: p for h, p in sorted(pins.items()) if p}}, sort_keys=True).encode()

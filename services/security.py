@@ -113,7 +113,8 @@ class SecurityServer(Server):
     name: ClassVar[str] = "security"
     blocking_ops: ClassVar[frozenset[str]] = frozenset({"sign_manifest", "verify_manifest"})
 
-    def __init__(self, home: Path | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, home: Path | None = None, clock: Callable[[], float] = time.time,
+                 holder: str | None = None) -> None:
         self.home = llmos_home() if home is None else Path(home)
         self.broken: KernelError | None = None  # a setup error every request is answered with
         try:
@@ -121,7 +122,8 @@ class SecurityServer(Server):
             master, master_created = load_master_key(self.home)
             self._master = master  # model store keys are derived from it (model_store_key)
             self.cipher = TenantCipher(master)
-            self.caps = CapabilityAuthority(self.home, master)
+            # ``holder``: the kernel this server serves, whose pids the capabilities name.
+            self.caps = CapabilityAuthority(self.home, master, holder)
             self.audit = AuditLog(self.home, self.keys, clock)
         except KernelError as error:
             # Answer every call with the reason (a key readable by others, ...) rather than

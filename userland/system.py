@@ -246,12 +246,14 @@ def resolve_home(home: str) -> Path:
 
 def add_services(config: KernelConfig, home: Path) -> None:
     """Run the security, models and resources services on ``config``'s kernel, with state in ``home``."""
+    from llmos.services.home import new_holder
     from llmos.services.models import ModelServer
     from llmos.services.resources import ResourceServer
     from llmos.services.security import SecurityServer
 
     security = config.link("security")
-    config.services["security"] = lambda: SecurityServer(home)
+    holder = new_holder()  # this kernel's capabilities are its own, even in a shared home
+    config.services["security"] = lambda: SecurityServer(home, holder=holder)
     config.services["models"] = lambda: ModelServer(home, security)
     config.services["resources"] = lambda: ResourceServer(home)
 

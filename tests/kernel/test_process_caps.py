@@ -155,3 +155,23 @@ async def test_without_a_security_service_there_are_no_handles_and_unix_rules_st
         await root.call("cap_revoke", handle=5)
     with pytest.raises(libllm.EINVAL):
         await root.call("cap_revoke")
+
+
+async def test_two_kernels_sharing_a_home_keep_their_capabilities_apart(autojump_clock, tmp_path):
+    # pids are each kernel's own: B's exits (revoke_pid) and boots (new epochs) must not touch A.
+    async with open_system(tmp_path) as (ka, root_a), open_system(tmp_path) as (kb, root_b):
+        async with libllm.open_client(ka, uid=1000, tenant="alice") as alice, \
+                libllm.open_client(kb, uid=1000, tenant="bob") as bob:
+            mine = await alice.spawn(prompt_ids=[1, 2, 3], max_tokens=5000)
+            await alice.nice(mine, 10)
+            for _ in range(5):  # B's pids 3, 4, ... exit, and B revokes their handles
+                await bob.wait(await bob.spawn(prompt_ids=[1, 2, 3], max_tokens=2))
+            await trio.sleep(1)
+            ka.supervisor.kill("security")  # A's server reloads its state from disk
+            await ka.names.wait_ready("security")
+            assert await alice.nice(mine, 0, cap=(await alice.caps(mine))["priority"]) == 0
+            for _ in range(5):  # pids B revoked are A's to use
+                await alice.spawn(prompt_ids=[1, 2, 3], max_tokens=2)
+            theirs = await bob.spawn(prompt_ids=[1, 2, 3], max_tokens=5000)
+            with pytest.raises(libllm.EPERM):  # a handle of the other kernel means nothing here
+                await root_b.nice(theirs, 0, cap=(await alice.caps(mine))["priority"])
