@@ -165,7 +165,7 @@ class Kernel:
         self._use_stamps = itertools.count(1)
         self.residency = ModelResidency(self)
         # Tenant quotas, cached from the resources service (kernel/quotas.py); None without it.
-        self.quotas = QuotaKeeper(self.table, self.blocks_of, self._submit) if "resources" in config.services else None
+        self.quotas = QuotaKeeper(self.table, self.tenant_blocks, self._submit) if "resources" in config.services else None
         # Processes' capabilities, minted and checked by the security service; inert without it.
         self.caps = ProcessCapabilities(self._security_call if "security" in config.services else None)
         if self.caps.enabled:
@@ -482,6 +482,11 @@ class Kernel:
         chosen = min(self._serving(model or self.default_model),
                      key=lambda d: (d.scheduler.num_running + d.scheduler.num_waiting, d.name))
         return self.touch(chosen)  # for residency: idle run-time models are unloaded LRU first
+
+    def tenant_blocks(self, tenant: str) -> int:
+        """KV blocks ``tenant``'s processes hold over all devices, each shared block once."""
+        salt = self.salts.salt(tenant)
+        return sum(device.scheduler.kv.tenant_blocks(salt) for device in self.devices.values())
 
     def blocks_of(self, proc: Process) -> int:
         """KV blocks ``proc`` holds on its device now (0 once its device is gone)."""

@@ -18,7 +18,7 @@ calls ``allocate``/``share``/``release``. Running out of blocks is a return valu
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
 
 from .kv_hash import BlockHash
@@ -48,8 +48,14 @@ class BlockPool:
         # Invariant: _cached[h] == b  <=>  _hash[b] == h  (a bijection; duplicates never cached)
         # Invariant: _empty, _evictable and {b : _ref[b] > 0} partition range(num_blocks).
         self.num_evictions = 0  # cached blocks dropped to make room, since creation
+        # Used blocks (ref > 0) per owner: a tenant's distinct blocks, shared ones once (quotas).
+        self._used_by: Counter[bytes | None] = Counter()
 
     # -- queries ---------------------------------------------------------------------------
+
+    def used_by(self, owner: bytes) -> int:
+        """Blocks in use whose owner is ``owner`` (a tenant's salt), each counted once."""
+        return self._used_by[owner]
 
     @property
     def num_free(self) -> int:
@@ -122,6 +128,7 @@ class BlockPool:
             self._owner[block] = owner
             self._ref[block] = 1
             blocks.append(block)
+        self._used_by[owner] += num_blocks
         return blocks, to_zero
 
     def _evict(self) -> int:
@@ -140,6 +147,7 @@ class BlockPool:
             if block not in self._evictable:
                 raise ValueError(f"block {block} is empty: only used or cached blocks can be shared")
             del self._evictable[block]
+            self._used_by[self._owner[block]] += 1
         self._ref[block] += 1
 
     def release(self, blocks: Iterable[int]) -> None:
@@ -153,6 +161,7 @@ class BlockPool:
                 raise ValueError(f"block {block} is not in use")
             self._ref[block] -= 1
             if self._ref[block] == 0:
+                self._used_by[self._owner[block]] -= 1
                 if self._hash[block] is not None:
                     self._evictable[block] = None
                 else:
@@ -205,6 +214,8 @@ class BlockPool:
         for block_hash, block in self._cached.items():
             assert self._hash[block] == block_hash, f"map and block {block} disagree"
         assert sum(h is not None for h in self._hash) == len(self._cached), "stray block hash"
+        used_by = Counter(self._owner[b] for b in used)
+        assert +self._used_by == used_by, f"per-owner use {dict(self._used_by)} != {dict(used_by)}"
 
 
 class SwapSpace:

@@ -137,6 +137,10 @@ class KVCacheManager:
         seq = self._seqs.get(pid)
         return len(seq.blocks) if seq else 0
 
+    def tenant_blocks(self, salt: bytes) -> int:
+        """Device blocks in use by the tenant with ``salt``, shared ones (fork, prefix) once."""
+        return self.pool.used_by(salt)
+
     def holders(self) -> list[int]:
         """Resident pids that hold at least one block."""
         return [pid for pid, seq in self._seqs.items() if seq.blocks]

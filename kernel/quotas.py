@@ -48,7 +48,7 @@ class Quota:
 
     tenant: str
     processes: int | None = None  # live processes (NEW held ones excluded)
-    kv_blocks: int | None = None  # KV blocks held by its processes, over all devices
+    kv_blocks: int | None = None  # KV blocks held by its processes, over all devices; shared ones once
     tokens_per_s: float | None = None  # generated tokens per second, long-run
     burst: float | None = None  # bucket size, in tokens (None: one second's worth)
     over_quota: str = "refuse"  # "refuse" (EAGAIN) or "queue" (held NEW until it fits)
@@ -98,14 +98,14 @@ class QuotaKeeper:
 
     Args:
         table: the process table (live processes per tenant).
-        blocks_of: KV blocks a process holds on its device now.
+        tenant_blocks: KV blocks a tenant holds now, over all devices, shared blocks once.
         submit: queue a held process for admission on its device.
     """
 
-    def __init__(self, table: ProcessTable, blocks_of: Callable[[Process], int],
+    def __init__(self, table: ProcessTable, tenant_blocks: Callable[[str], int],
                  submit: Callable[[Process], None]) -> None:
         self._table = table
-        self._blocks_of = blocks_of
+        self._tenant_blocks = tenant_blocks
         self._submit = submit
         self.quotas: dict[str, Quota] = {}
         self._buckets: dict[str, TokenBucket] = {}
@@ -152,7 +152,7 @@ class QuotaKeeper:
     def kv_room(self, tenant: str) -> int | None:
         """KV blocks ``tenant`` may still take (negative: over), or None without a KV quota."""
         limit = self.kv_quota(tenant)
-        return None if limit is None else limit - self.use(tenant)[1]
+        return None if limit is None else limit - self._tenant_blocks(tenant)  # O(devices)
 
     # -- processes and KV blocks at spawn ------------------------------------------------------
 
@@ -160,7 +160,7 @@ class QuotaKeeper:
         """(live processes not held, KV blocks held) of ``tenant``."""
         held = self._held.get(tenant, ())
         live = [p for p in self._table if p.tenant == tenant and p.alive and p not in held]
-        return len(live), sum(self._blocks_of(p) for p in live)
+        return len(live), self._tenant_blocks(tenant)
 
     def over_quota(self, tenant: str, more: int = 1) -> str | None:
         """Why ``more`` new processes of ``tenant`` would be over its quota, or None."""

@@ -165,6 +165,22 @@ async def test_a_process_that_alone_outgrows_its_tenants_kv_quota_ends_with_enom
     assert len(result.output_ids) == 24 - 16 + 1  # it ran until position 24 needed a 7th block
 
 
+async def test_blocks_shared_by_fork_count_once_against_the_kv_quota(autojump_clock, tmp_path):
+    async with open_system(tmp_path, kv_blocks=256) as (kernel, root):
+        await root.quota_set("alice", kv_blocks=24)
+        async with libllm.open_client(kernel, uid=1000, tenant="alice") as alice:
+            pid = await alice.spawn(prompt_ids=list(range(1, 33)), max_tokens=12, ignore_eos=True)  # 8 blocks
+            offset = 0
+            while offset < 1:
+                offset = (await alice.read(pid, offset)).offset
+            kids = await alice.fork(pid, 2)
+            assert kernel.quotas.use("alice")[1] <= 9  # the parent's blocks, not three copies of them
+            results = [await alice.wait(p) for p in [pid, *kids]]
+    # 8 shared blocks + each one's own growth (12 tokens: 3 blocks) fit in 24: nobody waits.
+    assert all(r.exit["reason"] == "length" for r in results)
+    assert sum(r.stat["accounting"]["num_preemptions"] for r in results) == 0
+
+
 async def test_a_prompt_larger_than_its_tenants_kv_quota_ends_with_enomem_not_a_wait(autojump_clock, tmp_path):
     async with open_system(tmp_path) as (kernel, root):
         await root.quota_set("alice", kv_blocks=2)
