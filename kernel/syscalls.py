@@ -57,8 +57,8 @@ async def sys_spawn(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str
     if len(prompt_ids) > params.MAX_PROMPT_TOKENS:
         raise KernelError("E2BIG", f"spawn: prompt of {len(prompt_ids)} tokens exceeds {params.MAX_PROMPT_TOKENS}")
     vocab = device.vocab_size
-    bad = next((t for t in prompt_ids if t >= vocab), None)
-    if bad is not None:
+    if max(prompt_ids) >= vocab:
+        bad = next(t for t in prompt_ids if t >= vocab)
         raise KernelError("EINVAL", f"spawn: token id {bad} is outside the vocabulary of {device.model} ({vocab} tokens)")
     stop_ids = a.int_list("stop_ids", [], max_len=params.MAX_STOP_IDS)
     if not a.flag("ignore_eos", False):
