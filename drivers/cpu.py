@@ -50,6 +50,19 @@ def _bos_token_id(files: ModelFiles) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def _load_tokenizer(files: Any, path: str | None) -> tuple[Any, int | None]:
+    """The checkpoint's tokenizer (None if it has none) and BOS token id."""
+    tokenizer = None
+    if path:
+        from tokenizers import Tokenizer
+
+        if files.sealed:  # decrypted in memory, never reopened from disk by path
+            tokenizer = Tokenizer.from_str(files.read_bytes("tokenizer.json").decode("utf-8"))
+        else:
+            tokenizer = Tokenizer.from_file(path)
+    return tokenizer, _bos_token_id(files)
+
+
 class TorchDriver(DriverServer):
     """A torch device (``cpu`` here; the cuda driver reuses it with another device string).
 
@@ -95,15 +108,9 @@ class TorchDriver(DriverServer):
         path = a.text("path", str(DEFAULT_MODEL_DIR), max_len=4096)
         files = open_model_files(path, raw.get("sealed"))
         info = await self.compute.run(self.engine.load_model, files)
-        self.tokenizer = None
-        if info.get("tokenizer"):
-            from tokenizers import Tokenizer
-
-            if files.sealed:  # decrypted in memory, never reopened from disk by path
-                self.tokenizer = Tokenizer.from_str(files.read_bytes("tokenizer.json").decode("utf-8"))
-            else:
-                self.tokenizer = Tokenizer.from_file(info["tokenizer"])
-        self.bos_id = _bos_token_id(files)
+        # Parsing a tokenizer (megabytes of JSON, decrypted first if sealed) would stall the
+        # kernel's event loop: it runs on the compute thread too.
+        self.tokenizer, self.bos_id = await self.compute.run(_load_tokenizer, files, info.get("tokenizer"))
         self.num_blocks = 0  # the KV pool belongs to the previous model
         return {
             "kind": self.kind,
