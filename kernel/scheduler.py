@@ -5,7 +5,8 @@ first the running processes (decodes before prefill chunks, in policy order), th
 from the ready queue while budget and blocks last. Memory comes from the device's
 ``KVCacheManager``; when it runs out the planner preempts the lowest-ranked running process,
 swapping it out or dropping its blocks to recompute later (``preemption.py`` picks; the
-memory decisions live in ``memory_plan.py``). The policy only ranks; this module plans.
+memory decisions live in ``memory_plan.py``; runs of several steps in one driver call, in
+``multi_step.py``). The policy only ranks; this module plans.
 
 A plan is the batch plus the driver work that must precede it, in order: swap-outs of victims
 before their blocks are reused, zeroing of blocks that change tenant, copy-on-write copies,
@@ -26,19 +27,17 @@ import trio
 from . import params
 from .batch import SamplingParams, SeqChunk, StepBatch, StepResult
 from .errors import KernelError
-from .horizon import Horizon, lookahead_steps
+from .horizon import Horizon
 from .kv_manager import KVCacheManager
 from .memory_plan import MemoryPlanning
+from .multi_step import HORIZON_BUDGET_MIN, MultiStepRuns
 from .names import NameServer
-from .policy import Policy, is_stateless
+from .policy import Policy
 from .preemption import PreemptionMode
 from .process import ExitReason, ExitStatus, Process, ProcState, Signal
 from .proctable import ProcessTable
 
 log = logging.getLogger(__name__)
-
-HORIZON_BUDGET_MIN = 8  # steps a multi-step plan may always ask for
-HORIZON_BUDGET_MAX = 1 << 16  # above any driver's max_steps: the driver's limit then rules
 
 
 @dataclass
@@ -104,7 +103,7 @@ class _Plan:
         return max(self.seq_steps) if self.seq_steps else 1
 
 
-class DeviceScheduler(MemoryPlanning):
+class DeviceScheduler(MemoryPlanning, MultiStepRuns):
     """Runs the step loop of one device."""
 
     def __init__(
@@ -325,110 +324,6 @@ class DeviceScheduler(MemoryPlanning):
             return
         await self._pass_modeled_time(Horizon(plan.procs, plan.batch, result, started, plan.seq_steps))
 
-    async def _pass_modeled_time(self, horizon: Horizon) -> None:
-        """Let a modeled-time result's steps pass on the kernel's clock, then apply them.
-
-        An event (arrival, signal, fork) during the steps ends them with the step in progress,
-        as a one-step loop would replan after it (see ``horizon.py``).
-        """
-        self._horizon = horizon
-        try:
-            with trio.move_on_at(horizon.end):
-                await self._work.wait()
-            if self._clock() < horizon.end:
-                horizon.cut(self._clock())
-                await trio.sleep_until(horizon.end)
-        finally:
-            self._in_flight = set()
-            self._horizon = None
-        self._learn_horizon(horizon)
-        self._settle(horizon, horizon.num_steps)
-
-    def _learn_horizon(self, horizon: Horizon) -> None:
-        """Size the next run's request from this one, like TCP's slow start: a run that kept
-        every step it planned doubles the budget; one cut short asks for twice what it kept.
-        Only the driver's wasted work changes: any length gives the same results."""
-        if horizon.num_planned <= 1:
-            return
-        if horizon.num_steps >= horizon.num_planned:
-            self._horizon_budget = min(2 * self._horizon_budget, HORIZON_BUDGET_MAX)
-        else:
-            self._horizon_budget = min(max(HORIZON_BUDGET_MIN, 2 * horizon.num_steps), HORIZON_BUDGET_MAX)
-
-    def settle(self) -> None:
-        """Apply the steps of a multi-step run in progress that have ended by now.
-
-        Signals and forks call this first, so that they act on the state a one-step loop
-        would show at this instant.
-        """
-        if self._horizon is not None:
-            self._settle(self._horizon, self._horizon.steps_done_by(self._clock()))
-
-    def _settle(self, horizon: Horizon, num_steps: int) -> None:
-        """Apply ``horizon``'s steps up to ``num_steps`` that are not applied yet."""
-        if horizon.num_applied == 0 and num_steps > 0:
-            first = horizon.first
-            self.apply(horizon.procs, horizon.batch, StepResult(first.tokens, first.elapsed_s, first.wall_s), horizon.ends[0])
-            horizon.num_applied = 1
-        if num_steps <= horizon.num_applied:
-            return
-        if is_stateless(self.policy):
-            # In segments that end where a sequence leaves the run, so that what happens at
-            # a step (an exit, the blocks it frees, the blocks taken after) happens in order.
-            begin = horizon.num_applied
-            for end in sorted({n for n in horizon.seq_steps if begin < n < num_steps} | {num_steps}):
-                self._apply_decodes(horizon, begin, end)
-                begin = end
-        else:
-            for step in range(horizon.num_applied, num_steps):
-                live = [p for p in horizon.procs if p.state is ProcState.RUNNING]
-                self.policy.on_step(horizon.procs, {p.pid: 1 for p in live}, horizon.ends[step])
-                self._apply_decodes(horizon, step, step + 1)
-        horizon.num_applied = num_steps
-
-    def _apply_decodes(self, horizon: Horizon, first_step: int, stop_step: int) -> None:
-        """Record decode steps [first_step, stop_step) of a horizon (step 0 went through apply)."""
-        # Callers pass ranges in which no sequence leaves the run (it may leave at the end).
-        in_run = [i for i, n in enumerate(horizon.seq_steps) if n > first_step]
-        num = stop_step - first_step
-        elapsed = sum(horizon.elapsed[first_step:stop_step])
-        times = horizon.ends[first_step:stop_step]
-        self.stats.num_steps += num
-        self.stats.num_tokens += num * len(in_run)
-        self.stats.busy_s += elapsed
-        self.last_batch = (len(in_run), len(in_run))
-        block_size = self.kv.block_size
-        ended_at = horizon.ends[stop_step - 1]
-        served: dict[str, int] = {}  # tokens per tenant, charged once per tenant below
-        for index in in_run:
-            proc = horizon.procs[index]
-            if proc.state is not ProcState.RUNNING:
-                continue  # ended, or stopped and forgotten: its tokens of these steps are dropped
-            proc.acct.time_running_s += elapsed
-            proc.acct.num_steps += num
-            before = proc.num_computed
-            proc.num_computed += num
-            proc.output_ids += horizon.tokens(index, first_step, stop_step)
-            served[proc.tenant] = served.get(proc.tenant, 0) + num
-            proc.token_times += times
-            if self.kv.blocks_for(proc.num_computed) > self.kv.table_len(proc.pid):
-                # The blocks these steps wrote into, taken now (lookahead_steps checked they are free).
-                allocation = self.kv.allocate(proc.pid, proc.tokens, proc.num_computed, self._salt_of(proc.tenant))
-                if allocation is None:
-                    raise RuntimeError(f"pid {proc.pid}: no KV block for a multi-step run that was checked to fit")
-                if allocation.blocks_to_zero:
-                    self._ops.append(("zero_blocks", {"blocks": allocation.blocks_to_zero}, None))
-            if proc.num_computed // block_size > before // block_size:
-                self.kv.commit_full_blocks(proc.pid, proc.tokens, proc.num_computed)
-            proc.notify()
-            if proc.output_ids[-1] in proc.stop_ids:
-                self.finish(proc, ExitStatus(ExitReason.STOP, message="sampled a stop token"), ended_at)
-            elif len(proc.output_ids) >= proc.max_tokens:
-                self.finish(proc, ExitStatus(ExitReason.LENGTH, message=f"reached max_tokens={proc.max_tokens}"), ended_at)
-            elif proc.pending_term and stop_step == horizon.num_steps:
-                self.finish(proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"))
-        self._charge(served, ended_at)
-
     def _lose_kv(self, pid: int) -> None:
         """A swap-in of ``pid`` failed: drop its (untrustworthy) blocks; it recomputes from its tokens."""
         proc = self._table.procs.get(pid)
@@ -548,35 +443,6 @@ class DeviceScheduler(MemoryPlanning):
         seq_steps = self._plan_lookahead(batch)
         ops, self._ops = self._ops, []
         return _Plan(batch, self._chosen, ops, seq_steps)
-
-    def _plan_lookahead(self, batch: StepBatch) -> list[int] | None:
-        """Steps each sequence may take in this driver call (``horizon.py``); None: one step."""
-        if not (self.modeled_time and self.shape_batches):
-            return None
-        if self.limiter is not None and (self.limiter.rate_limited or self.limiter.kv_limited):
-            # A multi-step run would not stop when a tenant's bucket runs dry or its processes
-            # grow past its KV quota: with either configured, plan one step at a time (exact,
-            # at the cost of multi-step).
-            return None
-        limit = min(self.config.max_steps, self.driver_max_steps, self._horizon_budget)
-        seq_steps = lookahead_steps(self._chosen, batch, self.kv, limit, len(self._running),
-                                    self._waiting_may_enter(), not self._ready)
-        return seq_steps if max(seq_steps) > 1 else None
-
-    def _waiting_may_enter(self) -> bool:
-        """Whether a waiting process might join the batch in a later step of this plan's horizon.
-
-        Not if none waits. Nor if the policy's ranking never changes (``static_rank``), every
-        waiting process ranks below every running one (so none can preempt its way in), and
-        admission stopped at a process memory or seats could not take: during a multi-step run
-        the running processes only grow, so memory only shrinks and seats stay taken.
-        """
-        if not self._ready:
-            return False
-        if not (getattr(self.policy, "static_rank", False) and self._admission_blocked):
-            return True
-        lowest_running = max((self._rank[p.pid] for p in self._running), default=-1)
-        return any(self._rank.get(p.pid, -1) < lowest_running for p in self._ready)
 
     @staticmethod
     def _decoding(proc: Process) -> bool:
