@@ -80,6 +80,7 @@ class DeviceStats:
 
     num_steps: int = 0
     num_driver_calls: int = 0  # step calls (a multi-step call covers several steps)
+    num_steps_modeled: int = 0  # steps the driver was asked for (an event may cut a run short)
     num_tokens: int = 0  # tokens computed (prefill + decode)
     busy_s: float = 0.0  # device time spent in steps
     num_preemptions: int = 0
@@ -301,6 +302,7 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
                 args["num_steps"] = plan.num_steps
             started = self._clock()
             self.stats.num_driver_calls += 1
+            self.stats.num_steps_modeled += plan.num_steps
             reply = await client.call("step", args)
         except KernelError as error:
             self._in_flight = set()

@@ -370,6 +370,8 @@ def summarize(result: SimResult, slo_ttft_s: float | None = None,
             "wall_s": _num(result.wall_s),
             "steps": result.num_steps,
             "driver_calls": result.num_driver_calls,
+            # Steps the device modeled, kept or not: the cost of runs cut short by arrivals.
+            "steps_modeled": result.device.get("steps_modeled"),
             "steps_per_wall_s": _rate(result.num_steps, float(result.wall_s)),
         },
         "throughput": {

@@ -260,6 +260,7 @@ async def simulate(config: SimConfig, requests: list[Request],
         simulated_s = trio.current_time() - start
         device = scheduler.meminfo()
         device.update(steps=scheduler.stats.num_steps, driver_calls=scheduler.stats.num_driver_calls,
+                      steps_modeled=scheduler.stats.num_steps_modeled,
                       tokens=scheduler.stats.num_tokens, busy_s=scheduler.stats.busy_s)
     final = [r for r in records if r is not None]
     return SimResult(config.to_dict(), final, timeline, simulated_s, device["steps"], device["driver_calls"], 0.0, device)

@@ -51,6 +51,18 @@ def test_multi_step_runs_do_not_change_any_metric(tmp_path):
     assert sum(r.preemptions for r in multi.records) > 0  # the pool was tight enough to matter
 
 
+def test_runs_cut_by_steady_arrivals_model_few_steps_that_are_thrown_away():
+    # Arrivals every ~0.2 s cut runs after a few steps. Runs are sized by how far recent ones
+    # got (slow start from 8 steps): asking for the driver's limit each time modeled 10x the
+    # steps kept here (62x on the Azure trace).
+    workload = WorkloadSpec(arrivals="poisson", rate=5.0, num_requests=200, prompt_len="uniform:50:400",
+                            output_len="uniform:100:300")
+    result = run_simulation(SimConfig(workload=workload, model="llama-2-7b", device="a100", kv_blocks=5000,
+                                      max_seqs=64, sample_interval_s=1.0))
+    assert result.device["steps_modeled"] < 3 * result.num_steps
+    assert result.num_driver_calls < result.num_steps / 4
+
+
 def test_multi_step_runs_are_exact_when_nobody_waits_too(tmp_path):
     # A roomy pool: processes finish inside multi-step runs instead of ending them.
     roomy = {"kv_blocks": 20000, "max_seqs": 256}
