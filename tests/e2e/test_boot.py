@@ -43,10 +43,10 @@ def accepts_connections(path: Path) -> bool:
 
 
 @contextmanager
-def booted_kernel(path: Path) -> Iterator[subprocess.Popen]:
-    """``llmos boot --device sim --socket path`` until the block ends (then SIGTERM, or kill)."""
+def booted_kernel(path: Path, *options: str) -> Iterator[subprocess.Popen]:
+    """``llmos boot --device sim --socket path [options]`` until the block ends (then SIGTERM, or kill)."""
     assert len(str(path)) < 100, f"socket path too long for AF_UNIX: {path}"
-    process = subprocess.Popen([*LLMOS, "boot", "--device", "sim", "--socket", str(path)],
+    process = subprocess.Popen([*LLMOS, "boot", "--device", "sim", "--socket", str(path), *options],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + BOOT_TIMEOUT_S
@@ -214,6 +214,22 @@ def test_tenant_token_from_llmos_token_sets_the_tenant(socket_path):
         assert plain.getpid()["tenant"] == "default"
     with pytest.raises(libllm.EACCES):
         libllm.connect(socket_path, token=token[:-1] + ("0" if token[-1] != "0" else "1"))
+
+
+def test_with_a_home_processes_hold_capabilities_bound_to_their_pid(tmp_path):
+    path = tmp_path / "k.sock"
+    with booted_kernel(path, "--home", str(tmp_path / "home")), libllm.connect(str(path)) as llm:
+        first = llm.spawn(prompt_ids=[1, 2, 3], max_tokens=60_000)
+        second = llm.spawn(prompt_ids=[1, 2, 3], max_tokens=60_000)
+        mine, theirs = llm.caps(first), llm.caps(second)
+        assert set(mine) == {"model", "device", "priority"} and mine["priority"] != theirs["priority"]
+        with pytest.raises(libllm.EPERM) as err:  # checked even for uid 0, who needs none
+            llm.nice(second, 0, cap=mine["priority"])
+        assert f"belongs to pid {first}" in err.value.message
+        assert llm.cap_revoke(theirs["model"]) == {"pid": second, "kind": "model", "ended": True}
+        ended = llm.wait(second)
+        assert ended.exit["errno"] == "EPERM" and "model capability was revoked" in ended.exit["message"]
+        assert llm.stat(first)["state"] != "zombie"
 
 
 # -- shutdown ------------------------------------------------------------------------------------
