@@ -17,8 +17,8 @@ process's handles when it exits, so a zombie's handles are dead too. Running on 
 device *is* using them, so revoking either ends the process with EPERM at once.
 
 Without a security service processes have no handles and Unix's rule stands: only uid 0 may
-lower a nice value. Nothing here runs on the scheduler's hot path: minting costs three service
-calls per spawn, revocation at exit goes through a queue drained by a background task.
+lower a nice value. Nothing here runs on the scheduler's hot path: minting costs one service
+call per spawn (one audit entry), revocation at exit goes through a queue drained by a background task.
 """
 
 from __future__ import annotations
@@ -72,12 +72,10 @@ class ProcessCapabilities:
         """Mint ``proc``'s handles and keep them on it; None without a security service."""
         if self._security is None:
             return None
-        caps = {}
-        for kind, rights in KINDS.items():
-            reply = await self._security("mint_capability", {"pid": proc.pid, "kind": kind, "name": _resource(proc, kind), "rights": list(rights)})
-            caps[kind] = reply["handle"]
-        proc.caps = caps
-        return caps
+        grants = [{"kind": kind, "name": _resource(proc, kind), "rights": list(rights)} for kind, rights in KINDS.items()]
+        reply = await self._security("mint_capabilities", {"pid": proc.pid, "grants": grants})
+        proc.caps = dict(zip(KINDS, reply["handles"], strict=True))
+        return proc.caps
 
     async def check(self, proc: Process, handle: Any, kind: str, right: str) -> None:
         """EPERM (from the security service, naming why) unless ``handle`` lets ``proc`` use ``right``."""

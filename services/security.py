@@ -44,6 +44,7 @@ from .securefiles import absolute_path_arg, os_errors
 
 INLINE_HASH_BYTES = 8 << 20  # model directories smaller than this are hashed without a thread
 MAX_TAIL = 1000  # entries one audit_tail may return
+MAX_GRANTS = 16  # capabilities one mint_capabilities call may make
 MAX_PATH_CHARS = 4096
 MAX_BLOB_BYTES = 1 << 20  # encrypt/decrypt payloads; bulk data goes through swap files instead
 CLIENT_EVENT_PREFIX_DENIED = "security."  # event types only this service may write
@@ -254,6 +255,37 @@ class SecurityServer(Server):
             raise
         self._record("security.capability_minted", cap_id=cap.cap_id, pid=pid, kind=kind, name=name, rights=list(cap.rights))
         return {"handle": handle, "cap_id": cap.cap_id}
+
+    async def do_mint_capabilities(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Mint several handles for one pid, audited as one event (a process's set at spawn):
+        {pid, grants: [{kind, name, rights}]} -> {handles: [str], cap_ids: [str]}.
+
+        One audit entry instead of one per handle: each entry is flushed to disk twice, and
+        the kernel mints a set for every process it starts.
+        """
+        args = Args("mint_capabilities", raw, ("pid", "grants"))
+        pid = args.integer("pid", lo=0)
+        grants = raw.get("grants")
+        if not isinstance(grants, list) or not 0 < len(grants) <= MAX_GRANTS:
+            raise KernelError("EINVAL", f"mint_capabilities: 'grants' must be a list of 1..{MAX_GRANTS} maps")
+        checked = []
+        for grant in grants:
+            if not isinstance(grant, dict):
+                raise KernelError("EINVAL", "mint_capabilities: each grant must be a map of kind, name and rights")
+            one = Args("mint_capabilities", grant, ("kind", "name", "rights"))
+            checked.append((one.text("kind", max_len=32), one.text("name", max_len=256), _text_list(one, "rights")))
+        self._check_ready()
+        minted = []
+        try:
+            for kind, name, rights in checked:
+                minted.append(self.caps.mint(pid, kind, name, rights))
+        except KernelError as error:
+            if error.errno == "EPERM":
+                self._record("security.capability_refused", pid=pid, op="mint", reason=error.message)
+            raise
+        self._record("security.capabilities_minted", pid=pid, caps=[
+            {"cap_id": cap.cap_id, "kind": cap.kind, "name": cap.name, "rights": list(cap.rights)} for _, cap in minted])
+        return {"handles": [handle for handle, _ in minted], "cap_ids": [cap.cap_id for _, cap in minted]}
 
     async def do_check_capability(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Check a handle: {handle, pid, kind, name, right} -> {cap_id, pid, kind, name, rights}; EPERM if refused."""

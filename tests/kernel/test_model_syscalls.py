@@ -282,9 +282,17 @@ async def test_killing_the_models_and_security_services_loses_no_process_output_
         assert (await root.model_verify("a"))["model"] == "a@2"
 
 
+class SlowMintingSecurityServer(SecurityServer):
+    """The security service, taking virtual time to mint a process's capabilities."""
+
+    async def do_mint_capabilities(self, raw: dict[str, Any]) -> dict[str, Any]:
+        await trio.sleep(1.0)
+        return await super().do_mint_capabilities(raw)
+
+
 async def test_a_spawn_racing_an_unload_never_lands_on_the_unloaded_device(autojump_clock, tmp_path):
     # Spawn awaits the security service (capabilities) after routing: an unload can run then.
-    async with open_system(tmp_path / "home") as (kernel, root):
+    async with open_system(tmp_path / "home", security=SlowMintingSecurityServer) as (kernel, root):
         await root.model_import(checkpoint(tmp_path, "tiny"), "tiny")
         await root.model_load("tiny")
         async with libllm.open_client(kernel, uid=1000, tenant="alice") as alice:

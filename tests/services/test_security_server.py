@@ -149,16 +149,17 @@ async def test_audit_ops_append_tail_and_detect_an_edited_entry(home, autojump_c
 
 
 async def test_bad_requests_get_errors_and_never_crash_the_server(home, model_dir, autojump_clock):
-    ops = ["sign_manifest", "verify_manifest", "trust_key", "list_keys", "mint_capability", "check_capability",
+    ops = ["sign_manifest", "verify_manifest", "trust_key", "list_keys", "mint_capability", "mint_capabilities", "check_capability",
            "revoke_capability", "revoke_pid", "audit_append", "audit_verify", "audit_tail", "encrypt", "decrypt",
            "new_epoch_typo", "ping"]
-    fields = ["path", "name", "version", "write", "manifest", "pem", "pid", "kind", "rights", "handle", "right",
+    fields = ["path", "name", "version", "write", "manifest", "pem", "pid", "kind", "rights", "grants", "handle", "right",
               "event", "count", "tenant", "data", "aad", "bogus"]
     unreadable = model_dir.parent / "unreadable"
     unreadable.mkdir(mode=0o000)
     values = [None, 0, -1, 2**40, 1.5, True, "", "x", "model", str(unreadable), str(model_dir / "config.json"),
               str(model_dir), str(model_dir.parent / "nowhere"), "relative/path", "../x", b"",
-              b"\x00" * 40, [], ["load"], [1], {}, {"type": "t"}, {"manifest": {}, "signature": {}}, "-----BEGIN PUBLIC KEY-----"]
+              b"\x00" * 40, [], ["load"], [1], {}, {"type": "t"}, {"manifest": {}, "signature": {}}, "-----BEGIN PUBLIC KEY-----",
+              [{"kind": "model", "name": "x", "rights": ["run"]}], [{"kind": 1}], [{}], ["x"]]
     rng = random.Random(8)
     async with open_security(home) as (supervisor, names):
         errors = set()
@@ -175,6 +176,20 @@ async def test_bad_requests_get_errors_and_never_crash_the_server(home, model_di
         assert {op for op, errno in errors if errno == "EIO"} <= {"decrypt"}  # only a failed authentication
         assert ("sign_manifest", "EACCES") in errors or os.geteuid() == 0  # root reads any directory
         assert (await call(names, "audit_verify"))["entries"] >= 3
+
+
+async def test_a_process_set_of_capabilities_is_minted_in_one_call_and_one_audit_entry(home, autojump_clock):
+    async with open_security(home) as (_, names):
+        before = (await call(names, "audit_verify"))["entries"]
+        grants = [{"kind": "model", "name": "tiny", "rights": ["run", "fork"]}, {"kind": "priority", "name": "0", "rights": ["renice"]}]
+        reply = await call(names, "mint_capabilities", pid=7, grants=grants)
+        assert len(reply["handles"]) == len(set(reply["cap_ids"])) == 2
+        assert (await call(names, "audit_verify"))["entries"] == before + 1
+        cap = await call(names, "check_capability", handle=reply["handles"][1], pid=7, kind="priority", name="0", right="renice")
+        assert cap["pid"] == 7
+        await fails(names, "EPERM", "check_capability", handle=reply["handles"][0], pid=8, kind="model", name="tiny", right="run")
+        for bad in ([], [{"kind": "model"}], ["x"], [{"kind": "Model", "name": "x", "rights": ["run"]}] , None):
+            await fails(names, "EINVAL", "mint_capabilities", pid=7, grants=bad)
 
 
 async def test_a_private_key_readable_by_others_makes_every_op_eacces_with_a_sentence(home, autojump_clock):
