@@ -1,4 +1,5 @@
-"""llmsh's commands other than job control: ps, nice, fork, free, uname, lsdev, models, history, help, exit.
+"""llmsh's commands other than job control: ps, nice, caps, revoke, fork, free, uname, lsdev, models, history,
+help, exit.
 
 Each command is ``async def cmd_NAME(sh, args) -> int | None`` (None means 0); its docstring's
 first line is its ``help`` entry. ``COMMANDS`` is the table the shell dispatches through.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from .errors import ENOSYS, LLMOSError
+from .errors import ENOSYS, ESRCH, LLMOSError
 from .inspect import PS_COLUMNS, format_lsdev, format_meminfo, format_table
 from .llmsh_jobs import JOB_COMMANDS, about
 from .llmsh_parse import ShellError, ShellExit, UsageError
@@ -60,6 +61,31 @@ async def cmd_nice(sh: Shell, args: list[str]) -> None:
         info, value = await sh.llm.stat(pid), int(args[1])
         cap = (info.get("caps") or {}).get("priority") if value < info["nice"] else None
         await sh.llm.nice(pid, value, cap=cap)
+
+
+async def cmd_caps(sh: Shell, args: list[str]) -> None:
+    """caps PID|%JOB: the process's capability handles (model, device, priority)"""
+    usage = "usage: caps PID|%JOB"
+    if len(args) != 1:
+        raise UsageError(usage)
+    pid = sh.jobs.find(args[0]).pid if args[0].startswith("%") else _pid(args[0], usage)
+    with about(args[0]):
+        caps = await sh.llm.caps(pid)
+    if not caps:
+        sh.say(f"process {pid} holds no capabilities (the kernel runs no security service: boot with --home)")
+        return
+    sh.say(format_table([{"kind": kind, "handle": handle} for kind, handle in caps.items()], ("kind", "handle")))
+
+
+async def cmd_revoke(sh: Shell, args: list[str]) -> None:
+    """revoke HANDLE: revoke a capability; revoking a model or device one ends its process"""
+    if len(args) != 1:
+        raise UsageError("usage: revoke HANDLE")
+    try:
+        done = await sh.llm.cap_revoke(args[0])
+    except ESRCH as exc:  # the shell's "no such process" would hide that a handle was named
+        raise ShellError(f"{exc.message.removeprefix('cap_revoke: ')} (ESRCH)") from None
+    sh.say(f"revoked the {done['kind']} capability of process {done['pid']}" + ("; the process ended" if done["ended"] else ""))
 
 
 async def cmd_fork(sh: Shell, args: list[str]) -> None:
@@ -177,7 +203,7 @@ async def cmd_exit(sh: Shell, args: list[str]) -> None:
 
 COMMANDS: dict[str, Command] = {
     **JOB_COMMANDS,
-    "ps": cmd_ps, "top": cmd_top, "nice": cmd_nice, "fork": cmd_fork, "free": cmd_free,
+    "ps": cmd_ps, "top": cmd_top, "nice": cmd_nice, "caps": cmd_caps, "revoke": cmd_revoke, "fork": cmd_fork, "free": cmd_free,
     "lsdev": cmd_lsdev, "models": cmd_models, "load": cmd_load, "unload": cmd_unload,
     "uname": cmd_uname, "history": cmd_history, "help": cmd_help, "exit": cmd_exit,
 }

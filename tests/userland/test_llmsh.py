@@ -277,3 +277,23 @@ def test_run_prompt_streams_text_and_pipes_it_into_the_next_prompt(tmp_path, cap
     assert out.strip() and "cpu0" in out
     prompt_tokens = int(re.search(r"(\d+) prompt \+ 2 generated", err).group(1))
     assert prompt_tokens > 2  # "import", a newline and the first run's four tokens as text
+
+
+def test_caps_and_revoke_with_a_security_service(tmp_path, capsys, monkeypatch):
+    from llmos.services import securefiles
+
+    monkeypatch.setattr(securefiles, "SYNC", False)
+    home = ["--home", str(tmp_path / "home")]
+    status = main([*SIM, *home, "-c", "run --ids 1,2,3 --max-tokens 60000 &; caps %1; nice %1 10; nice %1 0; ps"])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert re.search(r"^KIND\s+HANDLE", out, re.M) and re.search(r"^priority\s+cap1\.", out, re.M), out
+    assert main([*SIM, *home, "-c", "revoke cap1.bogus.handle"]) == 1
+    assert "llmsh: revoke: no process holds that capability" in capsys.readouterr().err
+
+
+def test_caps_without_a_security_service_says_how_to_get_one(capsys):
+    assert sh("run --ids 1,2,3 --max-tokens 60000 &; caps %1") == 0
+    assert "boot with --home" in capsys.readouterr().out
+    assert sh("revoke x") == 1
+    assert "(ENOSYS)" in capsys.readouterr().err
