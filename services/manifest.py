@@ -90,28 +90,56 @@ def list_model_files(directory: Path) -> list[str]:
     return sorted(found)
 
 
-def make_manifest(directory: Path, name: str, version: str, created: str | None = None) -> dict[str, Any]:
+class PlainFiles:
+    """How a manifest reads a directory's files: as they are on disk.
+
+    services/sealed_manifest.py supplies another reader, for files sealed with AES-GCM, so one
+    manifest maker and one verifier serve both kinds of store.
+    """
+
+    held = "has"  # for messages: "model file X has N bytes"
+
+    def read(self, path: Path, rel: str) -> bytes:
+        """The file's content."""
+        return path.read_bytes()
+
+    def size(self, path: Path, rel: str) -> int:
+        """The size the manifest lists (checked before hashing: a truncated shard fails fast)."""
+        return path.stat().st_size
+
+    def digest(self, path: Path, rel: str) -> tuple[str, int]:
+        """(sha256 hex, size) of the content."""
+        return hash_file(path)
+
+
+PLAIN_FILES = PlainFiles()
+
+
+def make_manifest(directory: Path, name: str, version: str, created: str | None = None,
+                  files_reader: PlainFiles = PLAIN_FILES) -> dict[str, Any]:
     """Describe a Hugging Face-format checkpoint directory: config and every file's sha256.
 
     Args:
         created: ISO-8601 UTC time to record; now if None.
+        files_reader: how to read the files (sealed ones are hashed over their plaintext).
 
     Raises:
-        KernelError: ENOENT/EINVAL for a missing directory or an unreadable ``config.json``.
+        KernelError: ENOENT/EINVAL for a missing directory or an unreadable ``config.json``;
+            what ``files_reader`` raises for a file it cannot read.
     """
     directory = Path(directory)
     paths = list_model_files(directory)
     if "config.json" not in paths:
         raise KernelError("EINVAL", f"{directory} has no config.json; it is not a Hugging Face-format checkpoint")
     try:
-        config = json.loads((directory / "config.json").read_bytes())
+        config = json.loads(files_reader.read(directory / "config.json", "config.json"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise KernelError("EINVAL", f"{directory / 'config.json'} is not valid JSON ({exc})") from None
     if not isinstance(config, dict):
         raise KernelError("EINVAL", f"{directory / 'config.json'} must hold a JSON object")
     files = []
     for rel in paths:
-        digest, size = hash_file(directory / rel)
+        digest, size = files_reader.digest(directory / rel, rel)
         files.append({"path": rel, "bytes": size, "sha256": digest})
     if created is None:
         created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -159,7 +187,7 @@ def check_manifest(manifest: Any) -> dict[str, Any]:
     return manifest
 
 
-def verify_files(manifest: dict[str, Any], directory: Path) -> int:
+def verify_files(manifest: dict[str, Any], directory: Path, files_reader: PlainFiles = PLAIN_FILES) -> int:
     """Check ``directory`` against ``manifest``; return the number of files verified.
 
     Files are checked in manifest order (sorted by path); sizes first, so a truncated shard is
@@ -173,13 +201,13 @@ def verify_files(manifest: dict[str, Any], directory: Path) -> int:
     for entry in manifest["files"]:
         rel = entry["path"]
         path = directory / rel
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise KernelError("EACCES", f"model file {rel} listed in the manifest is missing from {directory}") from None
+        if not path.is_file():
+            raise KernelError("EACCES", f"model file {rel} listed in the manifest is missing from {directory}")
+        size = files_reader.size(path, rel)
         if size != entry["bytes"]:
-            raise KernelError("EACCES", f"model file {rel} has {size} bytes but the manifest says {entry['bytes']}: it was changed after signing")
-        digest, _ = hash_file(path)
+            raise KernelError("EACCES", f"model file {rel} {files_reader.held} {size} bytes but the manifest says {entry['bytes']}: "
+                                        "it was changed after signing")
+        digest, _ = files_reader.digest(path, rel)
         if digest != entry["sha256"]:
             raise KernelError("EACCES", f"model file {rel} does not match its sha256 in the manifest: it was changed after signing")
     listed = {entry["path"] for entry in manifest["files"]}

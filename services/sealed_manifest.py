@@ -13,13 +13,10 @@ changed or unlisted file) and also a file that is not sealed or fails AES-GCM au
 
 from __future__ import annotations
 
-import datetime
-import json
 from pathlib import Path
 from typing import Any
 
 from llmos.drivers import sealed
-from llmos.kernel.errors import KernelError
 
 from . import manifest as manifests
 
@@ -31,6 +28,27 @@ def is_encrypted(manifest: dict[str, Any]) -> bool:
     return manifest.get(ENCRYPTED_FIELD) is True
 
 
+class SealedFiles(manifests.PlainFiles):
+    """Reads sealed files for manifest.py: sizes from their headers, content decrypted in memory.
+
+    A file that is not sealed under ``key`` for its path raises EACCES naming it.
+    """
+
+    held = "holds, sealed,"
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def read(self, path: Path, rel: str) -> bytes:
+        return sealed.unseal(path, self._key, rel)
+
+    def size(self, path: Path, rel: str) -> int:
+        return sealed.sealed_size(path, rel)  # a truncated shard is caught without decrypting it
+
+    def digest(self, path: Path, rel: str) -> tuple[str, int]:
+        return sealed.unsealed_digest(path, self._key, rel)
+
+
 def make_sealed_manifest(directory: Path, name: str, version: str, key: bytes, created: str | None = None) -> dict[str, Any]:
     """Describe a directory of sealed files: config and every file's plaintext size and sha256.
 
@@ -38,54 +56,16 @@ def make_sealed_manifest(directory: Path, name: str, version: str, key: bytes, c
         KernelError: ENOENT/EINVAL as ``manifest.make_manifest``; EACCES naming a file that is
             not sealed under ``key`` for its path.
     """
-    directory = Path(directory)
-    paths = manifests.list_model_files(directory)
-    if "config.json" not in paths:
-        raise KernelError("EINVAL", f"{directory} has no config.json; it is not a Hugging Face-format checkpoint")
-    try:
-        config = json.loads(sealed.unseal(directory / "config.json", key, "config.json"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise KernelError("EINVAL", f"{directory / 'config.json'} is not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise KernelError("EINVAL", f"{directory / 'config.json'} must hold a JSON object")
-    files = []
-    for rel in paths:
-        digest, size = sealed.unsealed_digest(directory / rel, key, rel)
-        files.append({"path": rel, "bytes": size, "sha256": digest})
-    if created is None:
-        created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    manifest = {"format": manifests.MANIFEST_FORMAT, "name": name, "version": version, "created": created,
-                "config": config, "files": files, ENCRYPTED_FIELD: True}
-    manifests.canonical_json(manifest)  # refuse now (EINVAL) what could never be signed
+    manifest = manifests.make_manifest(directory, name, version, created, SealedFiles(key))
+    manifest[ENCRYPTED_FIELD] = True
     return manifest
 
 
 def verify_sealed_files(manifest: dict[str, Any], directory: Path, key: bytes) -> int:
     """Check a directory of sealed files against ``manifest``; return the number of files verified.
 
-    As ``manifest.verify_files``: sizes first (from each sealed header, so a truncated shard is
-    caught without decrypting it), then the plaintext's sha256, then unlisted files.
-
-    Raises:
-        KernelError: EACCES naming the first file that is missing, not sealed, fails
-            authentication, does not match the manifest, or is not listed.
+    As ``manifest.verify_files``, over the plaintext. Raises KernelError: EACCES naming the
+    first file that is missing, not sealed, fails authentication, does not match the manifest,
+    or is not listed.
     """
-    directory = Path(directory)
-    manifests.check_manifest(manifest)
-    for entry in manifest["files"]:
-        rel = entry["path"]
-        path = directory / rel
-        if not path.is_file():
-            raise KernelError("EACCES", f"model file {rel} listed in the manifest is missing from {directory}")
-        size = sealed.sealed_size(path, rel)
-        if size != entry["bytes"]:
-            raise KernelError("EACCES", f"model file {rel} holds {size} bytes sealed but the manifest says {entry['bytes']}: "
-                                        "it was changed after signing")
-        digest, _ = sealed.unsealed_digest(path, key, rel)
-        if digest != entry["sha256"]:
-            raise KernelError("EACCES", f"model file {rel} does not match its sha256 in the manifest: it was changed after signing")
-    listed = {entry["path"] for entry in manifest["files"]}
-    for rel in manifests.list_model_files(directory):
-        if rel not in listed:
-            raise KernelError("EACCES", f"model file {rel} in {directory} is not in the manifest; remove it or sign the directory again")
-    return len(manifest["files"])
+    return manifests.verify_files(manifest, directory, SealedFiles(key))
