@@ -354,11 +354,7 @@ async def sys_model_import(k: Kernel, caller: Session, raw: dict[str, Any]) -> A
 
     ``encrypt``: store every file of the version sealed with AES-GCM (services/models.py).
     """
-    a = Args("model_import", raw, ("path", "name", "encrypt"))
-    args = {"path": a.text("path", max_len=MODEL_PATH_CHARS), "name": a.text("name", max_len=MODEL_REF_CHARS),
-            "encrypt": a.flag("encrypt", False)}
-    _model_admin(k, caller, "model_import")
-    return await k.call_service("models", "import", args, syscall="model_import")
+    return await _add_model_version(k, caller, raw, "import")
 
 
 async def sys_model_update(k: Kernel, caller: Session, raw: dict[str, Any]) -> Any:
@@ -366,11 +362,17 @@ async def sys_model_update(k: Kernel, caller: Session, raw: dict[str, Any]) -> A
 
     ``encrypt``: store the new version's files sealed with AES-GCM, as for ``model_import``.
     """
-    a = Args("model_update", raw, ("name", "path", "encrypt"))
-    args = {"name": a.text("name", max_len=MODEL_REF_CHARS), "path": a.text("path", max_len=MODEL_PATH_CHARS),
+    return await _add_model_version(k, caller, raw, "update")
+
+
+async def _add_model_version(k: Kernel, caller: Session, raw: dict[str, Any], op: str) -> Any:
+    """model_import / model_update: check {path, name, encrypt}, then ask the models service."""
+    syscall = f"model_{op}"
+    a = Args(syscall, raw, ("path", "name", "encrypt"))
+    args = {"path": a.text("path", max_len=MODEL_PATH_CHARS), "name": a.text("name", max_len=MODEL_REF_CHARS),
             "encrypt": a.flag("encrypt", False)}
-    _model_admin(k, caller, "model_update")
-    return await k.call_service("models", "update", args, syscall="model_update")
+    _model_admin(k, caller, syscall)
+    return await k.call_service("models", op, args, syscall=syscall)
 
 
 async def sys_model_list(k: Kernel, caller: Session, raw: dict[str, Any]) -> Any:

@@ -252,25 +252,20 @@ class ModelServer(Server):
 
     async def do_import(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Copy a checkpoint into the store as NAME version 1 and have it signed (sealed if ``encrypt``)."""
-        args = Args("import", raw, ("path", "name", "encrypt"))
-        source = _source_directory(args)
-        name, version = parse_ref("import", args.text("name", max_len=256))
-        encrypt = args.flag("encrypt", False)
-        if version is not None:
-            raise KernelError("EINVAL", "import: give a model name without a version; versions are numbered for you")
-        return await self._add_version("import", name, source, encrypt)
+        return await self._add_version("import", raw)
 
     async def do_update(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Add the next version of an existing model from a checkpoint directory (sealed if ``encrypt``)."""
-        args = Args("update", raw, ("name", "path", "encrypt"))
+        return await self._add_version("update", raw)
+
+    async def _add_version(self, op: str, raw: dict[str, Any]) -> dict[str, Any]:
+        """import or update: {path, name, encrypt} -> the new (or identical existing) version."""
+        args = Args(op, raw, ("path", "name", "encrypt"))
         source = _source_directory(args)
-        name, version = parse_ref("update", args.text("name", max_len=256))
+        name, version = parse_ref(op, args.text("name", max_len=256))
         encrypt = args.flag("encrypt", False)
         if version is not None:
-            raise KernelError("EINVAL", "update: give a model name without a version; the new one is numbered for you")
-        return await self._add_version("update", name, source, encrypt)
-
-    async def _add_version(self, op: str, name: str, source: Path, encrypt: bool) -> dict[str, Any]:
+            raise KernelError("EINVAL", f"{op}: give a model name without a version; versions are numbered for you")
         async with self._lock:
             versions = self._versions(name)
             if op == "update" and not versions:
