@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from llmos.userland.system import SystemOptions, build_config
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from llmos.kernel.kernel import Kernel, open_kernel
+from llmos.userland import libllm
+from llmos.userland.system import SystemOptions, add_services, build_config
 
 
 def sim_config(**overrides):
@@ -16,3 +23,15 @@ def sim_config(**overrides):
     if services is not None:
         config.services = services
     return config
+
+
+@asynccontextmanager
+async def open_system(home: Path, security: Any = None, **options: Any) -> AsyncIterator[tuple[Kernel, libllm.Client]]:
+    """A sim kernel with the security, models and resources services of ``home``, and a uid 0
+    client. ``security``: another security server class (a slow one, say) to run instead."""
+    config = sim_config(**options)
+    add_services(config, home)
+    if security is not None:
+        config.services["security"] = lambda: security(home)
+    async with open_kernel(config) as kernel, libllm.open_client(kernel, uid=0, tenant="system") as root:
+        yield kernel, root

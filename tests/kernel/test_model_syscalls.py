@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from model_fixtures import write_checkpoint, write_tokenizer
-from sim_fixtures import sim_config
+from sim_fixtures import open_system, sim_config
 
-from llmos.kernel.kernel import Kernel, open_kernel
+from llmos.kernel.kernel import open_kernel
 from llmos.services import securefiles
 from llmos.services.security import SecurityServer
 from llmos.userland import libllm
-from llmos.userland.system import add_services
 
 VOCAB = 100  # of the checkpoints here; the boot sim model has 32000
 
@@ -34,15 +31,6 @@ def no_fsync(monkeypatch):
     monkeypatch.setattr(securefiles, "SYNC", False)
 
 
-@asynccontextmanager
-async def open_system(home: Path, security: Any = None, **options: Any) -> AsyncIterator[tuple[Kernel, libllm.Client]]:
-    """A sim kernel with the security and models services, and a uid 0 client."""
-    config = sim_config(**options)
-    add_services(config, home)
-    if security is not None:
-        config.services["security"] = lambda: security(home)
-    async with open_kernel(config) as kernel, libllm.open_client(kernel, uid=0, tenant="system") as root:
-        yield kernel, root
 
 
 def checkpoint(tmp_path: Path, name: str, seed: int = 0) -> Path:

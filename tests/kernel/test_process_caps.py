@@ -5,20 +5,13 @@ Through libllm, on the sim driver in virtual time, with the services of a fresh 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Any
-
 import pytest
 import trio
-from sim_fixtures import sim_config
+from sim_fixtures import open_system
 
 from llmos.kernel.errors import KernelError
-from llmos.kernel.kernel import Kernel, open_kernel
 from llmos.services import securefiles
 from llmos.userland import libllm
-from llmos.userland.system import add_services
 
 
 @pytest.fixture(autouse=True)
@@ -26,12 +19,6 @@ def no_fsync(monkeypatch):
     monkeypatch.setattr(securefiles, "SYNC", False)
 
 
-@asynccontextmanager
-async def open_system(home: Path, **options: Any) -> AsyncIterator[tuple[Kernel, libllm.Client]]:
-    config = sim_config(**options)
-    add_services(config, home)
-    async with open_kernel(config) as kernel, libllm.open_client(kernel, uid=0, tenant="system") as root:
-        yield kernel, root
 
 
 async def test_every_process_gets_model_device_and_priority_handles(autojump_clock, tmp_path):

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
-from sim_fixtures import sim_config
+from sim_fixtures import open_system
 
-from llmos.kernel.kernel import Kernel, open_kernel
+from llmos.kernel.kernel import Kernel
 from llmos.services import securefiles
 from llmos.userland import libllm
-from llmos.userland.system import add_services
 
 
 @pytest.fixture(autouse=True)
@@ -23,12 +18,6 @@ def no_fsync(monkeypatch):
     monkeypatch.setattr(securefiles, "SYNC", False)
 
 
-@asynccontextmanager
-async def open_system(home: Path, **options: Any) -> AsyncIterator[tuple[Kernel, libllm.Client]]:
-    config = sim_config(**options)
-    add_services(config, home)
-    async with open_kernel(config) as kernel, libllm.open_client(kernel, uid=0, tenant="system") as root:
-        yield kernel, root
 
 
 async def test_quota_syscalls_are_enosys_without_the_resources_service(autojump_clock, root):
