@@ -183,17 +183,18 @@ class MemoryPlanning:
             self._table.set_state(proc, ProcState.SWAPPED)
         else:
             self.stats.num_recomputes += 1
-            self.kv.free(proc.pid)
-            proc.acct.num_recomputed_tokens += proc.num_computed
-            proc.num_computed = 0
-            self._table.set_state(proc, ProcState.READY)
+            self._recompute_later(proc)
 
     def _drop_swap(self, proc: Process) -> None:
         """Give up a swapped process's host copy; it recomputes from its tokens."""
         handle = self._swap_handles.pop(proc.pid, None)
         if handle is not None:
             self._ops.append(("swap_free", {"handle": handle}, None))
-        self.kv.free(proc.pid)
+        self._recompute_later(proc)
+
+    def _recompute_later(self, proc: Process, drop: Callable[[int], int] | None = None) -> None:
+        """Drop ``proc``'s KV (``kv.free``, or ``drop``) and make it READY: it recomputes from its tokens."""
+        (drop or self.kv.free)(proc.pid)
         proc.acct.num_recomputed_tokens += proc.num_computed
         proc.num_computed = 0
         self._table.set_state(proc, ProcState.READY)

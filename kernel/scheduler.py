@@ -329,16 +329,14 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
     def _lose_kv(self, pid: int) -> None:
         """A swap-in of ``pid`` failed: drop its (untrustworthy) blocks; it recomputes from its tokens."""
         proc = self._table.procs.get(pid)
-        self.kv.lose(pid)
         if proc is None or not proc.alive:
+            self.kv.lose(pid)
             return
-        proc.acct.num_recomputed_tokens += proc.num_computed
-        proc.num_computed = 0
         if proc in self._running:
             self._running.remove(proc)
             self._ready.append(proc)
         self._in_flight.discard(pid)
-        self._table.set_state(proc, ProcState.READY)
+        self._recompute_later(proc, self.kv.lose)
         self._wake()
 
     def _without(self, plan: _Plan, pids: set[int]) -> _Plan:
