@@ -78,7 +78,11 @@ async def serve_stream(
                 continue
             if request.op == CANCEL_OP:
                 target = request.args.get("id")
-                scope = running.get(target) if type(target) is int else None
+                if type(target) is not int:
+                    bad = KernelError("EINVAL", f"{CANCEL_OP}: argument 'id' must be the integer id of a request on this connection")
+                    await _send_quietly(stream, codec.make_error(request.id, bad))
+                    continue
+                scope = running.get(target)
                 if scope is not None:
                     scope.cancel()
                 await _send_quietly(stream, codec.make_reply(request.id, {"cancelled": scope is not None}))

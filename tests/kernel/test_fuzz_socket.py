@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from llmos.kernel import params
 from llmos.kernel.errors import ERRNO_NAMES
+from llmos.kernel.rpc import CANCEL_OP
 from llmos.kernel.syscalls import SYSCALLS
 
 FRAMES_PER_CONNECTION = 25  # frames in one example's batch, before its optional broken ending
@@ -214,6 +215,10 @@ def expect_for_message(message: Any) -> Expect:
     )
     if not envelope_ok:
         return Expect(frozenset({"EINVAL"}), request_id)
+    if op == CANCEL_OP:  # served by the RPC layer itself: cancel a request in flight, by id
+        if type(args.get("id")) is not int:
+            return Expect(frozenset({"EINVAL"}), request_id)
+        return Expect(None, request_id, may_succeed=True)
     if op not in SYSCALLS and op != "hello":
         return Expect(frozenset({"ENOSYS"}), request_id)
     return Expect(None, request_id, may_succeed=True)

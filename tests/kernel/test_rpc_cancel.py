@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 
+from llmos.kernel.errors import KernelError
 from llmos.kernel.rpc import RpcClient, serve_stream
 from llmos.kernel.streams import FramedMessageStream
 from llmos.userland import libllm
@@ -55,3 +57,19 @@ async def test_a_call_cancelled_before_it_is_sent_never_reaches_a_socket_server(
         assert await client.call("getpid") == {}
         nursery.cancel_scope.cancel()
     assert served == ["getpid"]
+
+
+async def test_a_cancel_without_a_request_id_is_einval():
+    async def dispatch(request):
+        return {}
+
+    left, right = trio.socket.socketpair()
+    client = RpcClient(FramedMessageStream(trio.SocketStream(right)))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_stream, FramedMessageStream(trio.SocketStream(left)), dispatch)
+        for args in ({}, {"id": "7"}, {"id": 1.5}):
+            with pytest.raises(KernelError) as error:
+                await client.call("cancel", args)
+            assert error.value.errno == "EINVAL" and "'id'" in error.value.message
+        assert await client.call("cancel", {"id": 12345}) == {"cancelled": False}  # nothing by that id
+        nursery.cancel_scope.cancel()
