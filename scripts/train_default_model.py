@@ -28,13 +28,11 @@ Usage (the defaults are the run that produced the shipped model):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
 import platform
 import sys
-import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +40,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from llmos.userland.corpus import (
+    HELD_OUT_PERCENT,
+    MAX_CORPUS_BYTES,
+    MAX_FILE_BYTES,
+    SKIPPED_DIRS,
+    Document,
+    collect_corpus,
+    is_held_out,
+    stdlib_root,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "drivers" / "default_model"
@@ -51,9 +60,6 @@ EOS_TOKEN = "<|eos|>"
 PAD_TOKEN = "<|pad|>"
 SPECIAL_TOKENS = [BOS_TOKEN, EOS_TOKEN, PAD_TOKEN]  # ids 0, 1, 2 in this order
 
-# Folders of the stdlib that are not "ordinary library source": test suites (huge, and full of
-# odd fixtures), third-party packages, and byte-compiled caches.
-SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
 
 ROUND_TRIP_SNIPPET = (
     "class Foo:\n"
@@ -81,9 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     # corpus
-    p.add_argument("--max-file-bytes", type=int, default=500_000, help="skip larger files")
-    p.add_argument("--max-corpus-bytes", type=int, default=40_000_000, help="corpus cap")
-    p.add_argument("--held-out-percent", type=int, default=5, help="percent of files held out")
+    p.add_argument("--max-file-bytes", type=int, default=MAX_FILE_BYTES, help="skip larger files")
+    p.add_argument("--max-corpus-bytes", type=int, default=MAX_CORPUS_BYTES, help="corpus cap")
+    p.add_argument("--held-out-percent", type=int, default=HELD_OUT_PERCENT, help="percent of files held out")
     # tokenizer
     p.add_argument("--vocab-size", type=int, default=4096, help="incl. specials and 256 bytes")
     # model
@@ -125,40 +131,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --------------------------------------------------------------------------- corpus
 
 
-@dataclass
-class Document:
-    rel_path: str  # path relative to the stdlib root, '/'-separated
-    text: str
-
-
-def stdlib_root() -> Path:
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
-def is_held_out(rel_path: str, percent: int) -> bool:
-    """A file is held out iff the first 8 bytes of sha256(rel_path) mod 100 < percent."""
-    digest = hashlib.sha256(rel_path.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % 100 < percent
-
-
-def collect_corpus(root: Path, max_file_bytes: int, max_corpus_bytes: int) -> list[Document]:
-    """All stdlib *.py files in sorted path order, minus tests, huge and non-UTF-8 files."""
-    docs: list[Document] = []
-    total = 0
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root)
-        if SKIPPED_DIRS.intersection(rel.parts[:-1]) or not path.is_file():
-            continue
-        size = path.stat().st_size
-        if size == 0 or size > max_file_bytes or total + size > max_corpus_bytes:
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
-        docs.append(Document(rel.as_posix(), text.replace("\r\n", "\n")))
-        total += size
-    return docs
+# The corpus (which files, their order, the held-out rule) is llmos.userland.corpus, shared
+# with `llmos bench npu`, which measures perplexity on the held-out files.
 
 
 def describe_corpus(docs: list[Document], held_out: list[Document]) -> dict:

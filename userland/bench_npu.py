@@ -23,12 +23,9 @@ Then one prefill step and one batched decode step on the npu engine: modeled dev
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
-import os
 import sys
-import sysconfig
 import time
 from pathlib import Path
 from typing import Any
@@ -43,40 +40,15 @@ from llmos.kernel.batch import SamplingParams, SeqChunk, StepBatch
 from llmos.kernel.errors import KernelError
 
 from .command import EXIT_FAILURE, EXIT_USAGE
+from .corpus import collect_corpus, is_held_out, stdlib_root
 
-# The training script's corpus rules (scripts/train_default_model.py), repeated here because
-# scripts/ is not a package; metadata.json records the same values.
-SKIPPED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
-MAX_FILE_BYTES = 500_000
-MAX_CORPUS_BYTES = 40_000_000
-HELD_OUT_PERCENT = 5
 WINDOW = 256  # tokens of context per window, as the training evaluation used
 PROMPT_TOKENS = 32
 
 
 def held_out_texts(root: Path) -> list[str]:
-    """The held-out files' texts, in the training script's order."""
-    paths = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS]  # site-packages alone may hold 10^5 files
-        paths += [Path(folder, name) for name in files if name.endswith(".py")]
-    texts, total = [], 0
-    for path in sorted(paths):  # the order of the training script's sorted(root.rglob("*.py"))
-        rel = path.relative_to(root)
-        if not path.is_file():
-            continue
-        size = path.stat().st_size
-        if size == 0 or size > MAX_FILE_BYTES or total + size > MAX_CORPUS_BYTES:
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
-        total += size  # the corpus cap counts every file, held out or not
-        digest = hashlib.sha256(rel.as_posix().encode("utf-8")).digest()
-        if int.from_bytes(digest[:8], "big") % 100 < HELD_OUT_PERCENT:
-            texts.append(text.replace("\r\n", "\n"))
-    return texts
+    """The held-out files' texts, in the training script's order (userland/corpus.py)."""
+    return [doc.text for doc in collect_corpus(root) if is_held_out(doc.rel_path)]
 
 
 def held_out_windows(tokenizer_path: str, num_windows: int) -> tuple[torch.Tensor, int]:
@@ -88,7 +60,7 @@ def held_out_windows(tokenizer_path: str, num_windows: int) -> tuple[torch.Tenso
     if bos is None or eos is None:
         raise ValueError(f"{tokenizer_path} has no <|bos|> and <|eos|> tokens; the held-out stream needs both")
     stream: list[int] = []
-    for enc in tokenizer.encode_batch(held_out_texts(Path(sysconfig.get_paths()["stdlib"]))):
+    for enc in tokenizer.encode_batch(held_out_texts(stdlib_root())):
         stream += [bos, *enc.ids, eos]
     ids = torch.tensor(stream, dtype=torch.long)
     num_fit = (ids.numel() - 1) // (WINDOW + 1)
