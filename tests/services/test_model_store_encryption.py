@@ -8,25 +8,19 @@ as the kernel would; the end-to-end one boots a cpu kernel and loads through the
 from __future__ import annotations
 
 import argparse
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import trio
+from model_services import call, fails, open_services
 from sim_fixtures import sim_config
 
 from llmos.drivers.cpu import DEFAULT_MODEL_DIR, TorchDriver
 from llmos.kernel.errors import KernelError
 from llmos.kernel.kernel import open_kernel
-from llmos.kernel.names import NameServer
-from llmos.kernel.supervisor import Supervisor
 from llmos.services.manifest import MANIFEST_FILE
-from llmos.services.models import ModelServer
-from llmos.services.security import SecurityServer
 from llmos.userland import libllm
 from llmos.userland.model_cmd import add_model_arguments, format_result
 from llmos.userland.system import add_services
@@ -108,35 +102,6 @@ def flip_byte(path: Path, offset: int) -> None:
     path.write_bytes(bytes(data))
 
 
-@asynccontextmanager
-async def open_services(home: Path) -> AsyncIterator[NameServer]:
-    """Supervised security and models servers sharing ``home``; stopped when the block ends."""
-    names = NameServer()
-
-    async def to_security(op: str, args: dict[str, Any]) -> Any:
-        return await names.call("security", op, args)
-
-    async with trio.open_nursery() as nursery:
-        supervisor = Supervisor(names, nursery)
-        await supervisor.start("security", lambda: SecurityServer(home))
-        await supervisor.start("models", lambda: ModelServer(home, to_security))
-        try:
-            yield names
-        finally:
-            supervisor.stop_all()
-
-
-async def call(names: NameServer, op: str, **args: Any) -> Any:
-    return await names.call("models", op, args)
-
-
-async def refused(names: NameServer, errno: str, op: str, **args: Any) -> str:
-    with pytest.raises(KernelError) as err:
-        await call(names, op, **args)
-    assert err.value.errno == errno, err.value.message
-    return err.value.message
-
-
 def test_the_window_index_finds_a_window_at_any_offset_and_only_a_whole_one(weights):
     noise = np.random.default_rng(0).bytes(5000)
     for at in (0, 1234, 1255, 5000):
@@ -148,7 +113,7 @@ def test_the_window_index_finds_a_window_at_any_offset_and_only_a_whole_one(weig
 
 async def test_an_encrypted_import_stores_no_plaintext_and_show_list_verify_say_encrypted(autojump_clock, tmp_path, weights):
     home = tmp_path / "home"
-    async with open_services(home) as names:
+    async with open_services(home) as (_, names):
         imported = await call(names, "import", path=str(DEFAULT_MODEL_DIR), name="secret", encrypt=True)
         plain = await call(names, "import", path=str(DEFAULT_MODEL_DIR), name="plain")
         assert imported["encrypted"] and not plain["encrypted"] and imported["files"] == len(MODEL_FILES)
@@ -174,7 +139,7 @@ async def test_an_encrypted_import_stores_no_plaintext_and_show_list_verify_say_
         # Idempotent on content, encryption included.
         again = await call(names, "import", path=str(DEFAULT_MODEL_DIR), name="secret", encrypt=True)
         assert again["existing"] and again["version"] == "1"
-        assert "update" in await refused(names, "EEXIST", "import", path=str(DEFAULT_MODEL_DIR), name="secret")
+        assert "update" in await fails(names, "EEXIST", "import", path=str(DEFAULT_MODEL_DIR), name="secret")
         updated = await call(names, "update", name="plain", path=str(DEFAULT_MODEL_DIR), encrypt=True)
         assert updated["model"] == "plain@2" and updated["encrypted"] and not updated["existing"]
         assert_no_plaintext_weights(home / "models" / "plain" / "2", weights)
@@ -182,7 +147,7 @@ async def test_an_encrypted_import_stores_no_plaintext_and_show_list_verify_say_
 
 async def test_the_load_grant_carries_the_key_and_no_audit_entry_does(autojump_clock, tmp_path):
     home = tmp_path / "home"
-    async with open_services(home) as names:
+    async with open_services(home) as (_, names):
         await call(names, "import", path=str(DEFAULT_MODEL_DIR), name="secret", encrypt=True)
         await call(names, "import", path=str(DEFAULT_MODEL_DIR), name="plain")
         grant = await call(names, "load", name="secret", holder="kernel-a")
@@ -193,7 +158,7 @@ async def test_the_load_grant_carries_the_key_and_no_audit_entry_does(autojump_c
         # A key per version: another version's differs; the same version's is the same after a restart.
         other = await names.call("security", "model_key", {"name": "secret", "version": "2"})
         assert other["key"] != grant["sealed"]["key"]
-    async with open_services(home) as names:
+    async with open_services(home) as (_, names):
         assert (await call(names, "load", name="secret", holder="kernel-b"))["sealed"]["key"] == grant["sealed"]["key"]
     audit = b"".join(p.read_bytes() for p in files_under(home / "audit"))
     assert b"model_key_issued" in audit and grant["sealed"]["key"].hex().encode() not in audit
@@ -201,14 +166,14 @@ async def test_the_load_grant_carries_the_key_and_no_audit_entry_does(autojump_c
 
 async def test_one_flipped_byte_in_an_encrypted_weight_file_is_refused_at_load_naming_the_file(autojump_clock, tmp_path):
     home = tmp_path / "home"
-    async with open_services(home) as names:
+    async with open_services(home) as (_, names):
         await call(names, "import", path=str(DEFAULT_MODEL_DIR), name="secret", encrypt=True)
         shard = home / "models" / "secret" / "1" / "model.safetensors"
         for offset in (25, shard.stat().st_size // 2, shard.stat().st_size - 1):  # in a nonce, ciphertext, a tag
             flip_byte(shard, offset)
-            message = await refused(names, "EACCES", "load", name="secret", holder="kernel-a")
+            message = await fails(names, "EACCES", "load", name="secret", holder="kernel-a")
             assert "model.safetensors" in message and "secret@1" in message
-            assert "model.safetensors" in await refused(names, "EACCES", "verify", name="secret")
+            assert "model.safetensors" in await fails(names, "EACCES", "verify", name="secret")
             flip_byte(shard, offset)  # back as it was
         assert (await call(names, "list"))["models"][0]["loaded"] == []  # nothing was pinned
         await call(names, "load", name="secret", holder="kernel-a")
@@ -216,7 +181,7 @@ async def test_one_flipped_byte_in_an_encrypted_weight_file_is_refused_at_load_n
 
 async def test_a_sealed_file_changed_after_verification_is_refused_by_the_driver(tmp_path, one_thread):
     home = tmp_path / "home"
-    async with open_services(home) as names:
+    async with open_services(home) as (_, names):
         await call(names, "import", path=str(DEFAULT_MODEL_DIR), name="secret", encrypt=True)
         grant = await call(names, "load", name="secret", holder="kernel-a")
     driver = TorchDriver()

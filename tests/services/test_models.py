@@ -7,51 +7,18 @@ reaches the security server by name through the same name server.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from model_fixtures import write_checkpoint
+from model_services import call, fails, open_services
 
 from llmos.kernel.errors import KernelError
 from llmos.kernel.names import NameServer
-from llmos.kernel.supervisor import Supervisor
 from llmos.services.keys import KeyStore, public_pem
 from llmos.services.manifest import MANIFEST_FILE
-from llmos.services.models import ModelServer
-from llmos.services.security import SecurityServer
-
-
-@asynccontextmanager
-async def open_services(home: Path, security_call: Any = None) -> AsyncIterator[tuple[Supervisor, NameServer]]:
-    """Supervised security and models servers sharing ``home``; stopped when the block ends."""
-    names = NameServer()
-
-    async def to_security(op: str, args: dict[str, Any]) -> Any:
-        return await names.call("security", op, args)
-
-    async with trio.open_nursery() as nursery:
-        supervisor = Supervisor(names, nursery)
-        await supervisor.start("security", lambda: SecurityServer(home))
-        await supervisor.start("models", lambda: ModelServer(home, security_call or to_security))
-        try:
-            yield supervisor, names
-        finally:
-            supervisor.stop_all()
-
-
-async def call(names: NameServer, op: str, **args: Any) -> Any:
-    return await names.call("models", op, args)
-
-
-async def fails(names: NameServer, errno: str, op: str, **args: Any) -> str:
-    with pytest.raises(KernelError) as err:
-        await call(names, op, **args)
-    assert err.value.errno == errno, err.value.message
-    return err.value.message
 
 
 def checkpoint(tmp_path: Path, name: str, seed: int = 0) -> Path:
