@@ -26,6 +26,8 @@ import hashlib
 import hmac
 import secrets
 import struct
+import sys
+from array import array
 from collections.abc import Iterator, Sequence
 
 BlockHash = bytes  # a HASH_BYTES-byte blake2b digest naming a full block and its whole prefix
@@ -44,21 +46,33 @@ def hash_block(parent: BlockHash | None, token_ids: Sequence[int], salt: bytes) 
     Returns:
         A HASH_BYTES-byte digest, identical across runs and machines for the same inputs.
     """
-    # One buffer, one call: this runs for every full block of every process.
-    packer = _PACKERS.get(len(token_ids))
-    if packer is None:
-        packer = _PACKERS[len(token_ids)] = struct.Struct(f"<Q{len(token_ids)}q")
-    data = b"".join((
-        b"\x00" if parent is None else b"\x01" + parent,
-        _LENGTH.pack(len(salt)),
-        salt,
-        packer.pack(len(token_ids), *token_ids),
-    ))
-    return hashlib.blake2b(data, digest_size=HASH_BYTES, person=_PERSON).digest()
+    return hash_blocks(parent, token_ids, len(token_ids), salt)[0]
+
+
+def hash_blocks(parent: BlockHash | None, token_ids: Sequence[int], block_size: int, salt: bytes) -> list[BlockHash]:
+    """Hash consecutive full blocks at once: ``token_ids`` holds whole blocks, the first
+    of which follows ``parent``. Equal to chaining ``hash_block`` over them, in a fraction of
+    the time: the tokens are packed in one call, not one per block (this runs for every full
+    block of every process)."""
+    packed = array("q", token_ids)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    data = packed.tobytes()
+    # What every block's bytes share after the parent: the salt and the block length.
+    middle = b"".join((_LENGTH.pack(len(salt)), salt, _LENGTH.pack(block_size)))
+    stride = 8 * block_size
+    head = b"\x00" if parent is None else b"\x01" + parent
+    blake2b = hashlib.blake2b
+    hashes = []
+    offsets = range(0, len(data) - stride + 1, stride) if stride else (0,)  # size 0: one empty block
+    for offset in offsets:
+        digest = blake2b(head + middle + data[offset : offset + stride], digest_size=HASH_BYTES, person=_PERSON).digest()
+        hashes.append(digest)
+        head = b"\x01" + digest
+    return hashes
 
 
 _LENGTH = struct.Struct("<Q")
-_PACKERS: dict[int, struct.Struct] = {}  # tokens per block -> its packer (one or two sizes ever)
 
 
 def iter_block_hashes(

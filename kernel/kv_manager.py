@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .kv_blocks import BlockPool, SwapSpace
-from .kv_hash import BlockHash, hash_block, iter_block_hashes
+from .kv_hash import BlockHash, hash_blocks, iter_block_hashes
 
 
 @dataclass(frozen=True)
@@ -261,14 +261,10 @@ class KVCacheManager:
         if first >= num_full:
             return 0
         tokens = token_ids[first * size : num_full * size]  # one slice: token_ids may be a view
-        num_cached = 0
-        parent = seq.hashes[-1] if seq.hashes else None
-        for i in range(first, num_full):
-            offset = (i - first) * size
-            parent = hash_block(parent, tokens[offset : offset + size], seq.salt)
-            seq.hashes.append(parent)
-            num_cached += self.pool.register(seq.blocks[i], parent)
-        return num_cached
+        hashes = hash_blocks(seq.hashes[-1] if seq.hashes else None, tokens, size, seq.salt)
+        seq.hashes += hashes
+        register = self.pool.register
+        return sum(map(register, seq.blocks[first:num_full], hashes))
 
     def fork(self, parent_pid: int, child_pids: list[int]) -> None:
         """Give each child a table sharing all of the parent's blocks (copy-on-write).

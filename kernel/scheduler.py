@@ -32,7 +32,7 @@ from .kv_manager import KVCacheManager
 from .memory_plan import MemoryPlanning
 from .multi_step import HORIZON_BUDGET_MIN, MultiStepRuns
 from .names import NameServer
-from .policy import Policy
+from .policy import Policy, is_stateless
 from .preemption import PreemptionMode
 from .process import ExitReason, ExitStatus, Process, ProcState, Signal
 from .proctable import ProcessTable
@@ -382,8 +382,12 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
         top = ranked[: self.config.max_seqs]
         decoding: list[Process] = []
         others: list[Process] = []
-        for p in top:
-            (decoding if self._decoding(p) else others).append(p)
+        running = ProcState.RUNNING
+        for p in top:  # decoding: running with only its last sampled token left to compute
+            if p.state is running and len(p.prompt_ids) + len(p.output_ids) - p.num_computed == 1:
+                decoding.append(p)
+            else:
+                others.append(p)
         order = decoding + others + ranked[self.config.max_seqs :]
         admitting = True  # the first waiting process that cannot get memory closes admission
         kv = self.kv
@@ -444,35 +448,38 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
         ops, self._ops = self._ops, []
         return _Plan(batch, self._chosen, ops, seq_steps)
 
-    @staticmethod
-    def _decoding(proc: Process) -> bool:
-        """Running with only its last sampled token left to compute."""
-        return proc.state is ProcState.RUNNING and proc.num_tokens - proc.num_computed == 1
-
     def apply(self, procs: list[Process], batch: StepBatch, result: StepResult, now: float | None = None) -> None:
         """Record a finished step: progress, sampled tokens, exits, newly cacheable blocks.
 
         ``now`` is when the step ended (default: the kernel's clock).
         """
         now = self._clock() if now is None else now
-        # First, while num_computed and output_ids still describe the state before the step:
-        # stateful policies (rr, mlfq, vtc) split what was served into prompt and output.
-        self.policy.on_step(procs, {c.seq_id: len(c.token_ids) for c in batch.seqs}, now)
+        if not is_stateless(self.policy):
+            # First, while num_computed and output_ids still describe the state before the
+            # step: stateful policies (rr, mlfq, vtc) split what was served into prompt and output.
+            self.policy.on_step(procs, {c.seq_id: len(c.token_ids) for c in batch.seqs}, now)
+        elapsed = result.elapsed_s
+        block_size = batch.block_size
         self.stats.num_steps += 1
         self.stats.num_tokens += batch.num_tokens
-        self.stats.busy_s += result.elapsed_s
+        self.stats.busy_s += elapsed
         self.last_batch = (len(batch.seqs), batch.num_tokens)
         served: dict[str, int] = {}  # sampled tokens per tenant, charged once per tenant below
+        zombie, stopped = ProcState.ZOMBIE, ProcState.STOPPED
+        # This loop runs for every sequence of every step: locals, and each attribute read once.
         for proc, chunk, token in zip(procs, batch.seqs, result.tokens, strict=True):
-            if proc.state is ProcState.ZOMBIE:
+            state = proc.state
+            if state is zombie:
                 continue  # killed while the step ran; its blocks are already free
-            proc.acct.time_running_s += result.elapsed_s
-            proc.acct.num_steps += 1
-            proc.num_computed = chunk.context_len
-            if chunk.context_len // batch.block_size > chunk.start_pos // batch.block_size:
+            acct = proc.acct
+            acct.time_running_s += elapsed
+            acct.num_steps += 1
+            start = chunk.start_pos
+            proc.num_computed = context = start + len(chunk.token_ids)
+            if context // block_size > start // block_size:
                 # A block filled up this step: it may now be shared through the prefix cache.
-                self.kv.commit_full_blocks(proc.pid, proc.tokens, proc.num_computed)
-            if chunk.sample and proc.state is ProcState.STOPPED:
+                self.kv.commit_full_blocks(proc.pid, proc.tokens, context)
+            if chunk.sample and state is stopped:
                 # Stopped while this step ran: drop the token so nothing appears after
                 # kill -STOP returned. Sampling is stateless, so after SIGCONT the same token
                 # is drawn again from the last position, whose KV we rewrite identically.
@@ -481,7 +488,8 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
                     self.finish(proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"), now)
                 continue
             if chunk.sample and token is not None:
-                proc.output_ids.append(int(token))
+                output = proc.output_ids
+                output.append(int(token))
                 served[proc.tenant] = served.get(proc.tenant, 0) + 1
                 proc.token_times.append(now)
                 if proc.first_token_at is None:
@@ -489,7 +497,7 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
                 proc.notify()
                 if token in proc.stop_ids:
                     self.finish(proc, ExitStatus(ExitReason.STOP, message="sampled a stop token"), now)
-                elif len(proc.output_ids) >= proc.max_tokens:
+                elif len(output) >= proc.max_tokens:
                     self.finish(proc, ExitStatus(ExitReason.LENGTH, message=f"reached max_tokens={proc.max_tokens}"), now)
             if proc.pending_term and proc.alive:
                 self.finish(proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"), now)
@@ -522,10 +530,12 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
     def _decode_chunk(self, proc: Process) -> SeqChunk:
         """``_chunk(proc, 1)`` for a decoding process, built directly (the planner's hot path)."""
         s = proc.sampling
-        start = proc.num_computed
-        return SeqChunk(proc.pid, proc.token_slice(start, start + 1), start,
+        output = proc.output_ids
+        # The one token left to compute is the sequence's last: the latest sampled one, or
+        # the prompt's last if nothing was sampled yet.
+        return SeqChunk(proc.pid, output[-1:] if output else proc.prompt_ids[-1:], proc.num_computed,
                         [] if self.shape_batches else self.kv.table(proc.pid), True,
-                        SamplingParams(s.temperature, s.top_k, s.top_p, s.seed, len(proc.output_ids)))
+                        SamplingParams(s.temperature, s.top_k, s.top_p, s.seed, len(output)))
 
     def _chunk(self, proc: Process, num_new: int) -> SeqChunk:
         start = proc.num_computed

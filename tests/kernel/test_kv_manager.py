@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmos.kernel.kv_hash import TenantSalts, hash_block, iter_block_hashes
+from llmos.kernel.kv_hash import TenantSalts, hash_block, hash_blocks, iter_block_hashes
 from llmos.kernel.kv_manager import KVCacheManager
 
 A = b"tenant-a"
@@ -37,6 +37,18 @@ def test_block_hash_is_deterministic_and_depends_on_every_input():
     assert h != hash_block(h, [1, 2, 3, 4], A)
     assert h != hash_block(None, [1, 2, 3, 5], A)
     assert hash_block(None, [1], b"") != hash_block(None, [], b"\x01")  # length-prefixed
+
+
+def test_hash_blocks_equals_hash_block_chained():
+    tokens = [7, 0, 31999, 2**40, 5, 5, 5, 5, 1, 2, 3, 4]
+    parent = hash_block(None, [9, 9, 9, 9], A)
+    chained, expected = parent, []
+    for i in range(0, len(tokens), 4):
+        chained = hash_block(chained, tokens[i : i + 4], A)
+        expected.append(chained)
+    assert hash_blocks(parent, tokens, 4, A) == expected
+    assert hash_blocks(None, tokens[:4], 4, A) == [hash_block(None, tokens[:4], A)]
+    assert hash_blocks(parent, [], 4, A) == []
 
 
 def test_iter_block_hashes_chains_and_skips_the_partial_block():
