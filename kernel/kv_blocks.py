@@ -156,13 +156,15 @@ class BlockPool:
         A freed cached block joins the evictable queue's tail (most recently used), so blocks
         released later are evicted later; a freed uncached one joins the empty queue's tail.
         """
+        ref, used_by, owner, hashes = self._ref, self._used_by, self._owner, self._hash  # every freed block passes here
         for block in blocks:
-            if self._ref[block] <= 0:
+            count = ref[block]
+            if count <= 0:
                 raise ValueError(f"block {block} is not in use")
-            self._ref[block] -= 1
-            if self._ref[block] == 0:
-                self._used_by[self._owner[block]] -= 1
-                if self._hash[block] is not None:
+            ref[block] = count - 1
+            if count == 1:
+                used_by[owner[block]] -= 1
+                if hashes[block] is not None:
                     self._evictable[block] = None
                 else:
                     self._empty.append(block)

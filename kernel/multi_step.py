@@ -137,33 +137,38 @@ class MultiStepRuns:
         self.stats.num_tokens += num * len(in_run)
         self.stats.busy_s += elapsed
         self.last_batch = (len(in_run), len(in_run))
-        block_size = self.kv.block_size
+        kv = self.kv
+        block_size = kv.block_size
         ended_at = horizon.ends[stop_step - 1]
         served: dict[str, int] = {}  # tokens per tenant, charged once per tenant below
+        running = ProcState.RUNNING
+        # This loop runs for every sequence of every multi-step run: locals, attributes read once.
         for index in in_run:
             proc = horizon.procs[index]
-            if proc.state is not ProcState.RUNNING:
+            if proc.state is not running:
                 continue  # ended, or stopped and forgotten: its tokens of these steps are dropped
-            proc.acct.time_running_s += elapsed
-            proc.acct.num_steps += num
+            acct = proc.acct
+            acct.time_running_s += elapsed
+            acct.num_steps += num
             before = proc.num_computed
-            proc.num_computed += num
-            proc.output_ids += horizon.tokens(index, first_step, stop_step)
+            proc.num_computed = computed = before + num
+            output = proc.output_ids
+            output += horizon.tokens(index, first_step, stop_step)
             served[proc.tenant] = served.get(proc.tenant, 0) + num
             proc.token_times += times
-            if self.kv.blocks_for(proc.num_computed) > self.kv.table_len(proc.pid):
+            if -(-computed // block_size) > kv.table_len(proc.pid):
                 # The blocks these steps wrote into, taken now (lookahead_steps checked they are free).
-                allocation = self.kv.allocate(proc.pid, proc.tokens, proc.num_computed, self._salt_of(proc.tenant))
+                allocation = kv.allocate(proc.pid, proc.tokens, computed, self._salt_of(proc.tenant))
                 if allocation is None:
                     raise RuntimeError(f"pid {proc.pid}: no KV block for a multi-step run that was checked to fit")
                 if allocation.blocks_to_zero:
                     self._ops.append(("zero_blocks", {"blocks": allocation.blocks_to_zero}, None))
-            if proc.num_computed // block_size > before // block_size:
-                self.kv.commit_full_blocks(proc.pid, proc.tokens, proc.num_computed)
+            if computed // block_size > before // block_size:
+                kv.commit_full_blocks(proc.pid, proc.tokens, computed)
             proc.notify()
-            if proc.output_ids[-1] in proc.stop_ids:
+            if proc.stop_ids and output[-1] in proc.stop_ids:
                 self.finish(proc, ExitStatus(ExitReason.STOP, message="sampled a stop token"), ended_at)
-            elif len(proc.output_ids) >= proc.max_tokens:
+            elif len(output) >= proc.max_tokens:
                 self.finish(proc, ExitStatus(ExitReason.LENGTH, message=f"reached max_tokens={proc.max_tokens}"), ended_at)
             elif proc.pending_term and stop_step == horizon.num_steps:
                 self.finish(proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"))

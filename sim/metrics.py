@@ -93,6 +93,13 @@ def latency_values(records: Iterable[RequestRecord], metric: str) -> list[float]
     return values
 
 
+def gap_values(records: Iterable[RequestRecord]) -> np.ndarray:
+    """``latency_values(records, "gap_s")`` as one array, computed in numpy: a long trace has
+    millions of inter-token gaps."""
+    gaps = [np.diff(np.asarray(r.token_times_s, dtype=float)) for r in records if is_completed(r)]
+    return np.concatenate(gaps) if gaps else np.empty(0)
+
+
 # --------------------------------------------------------------------------- CSV files
 
 def csv_cell(value: Any) -> str:
@@ -379,7 +386,8 @@ def summarize(result: SimResult, slo_ttft_s: float | None = None,
             "output_tokens_per_s": _rate(output_tokens, seconds),
             "total_tokens_per_s": _rate(all_tokens, seconds),
         },
-        "latency": {m: distribution(latency_values(completed, m)) for m in LATENCY_METRICS},
+        "latency": {m: distribution(gap_values(completed) if m == "gap_s" else latency_values(completed, m))
+                    for m in LATENCY_METRICS},
         "slo": _slo_section(records, seconds, slo_ttft_s, slo_tpot_s),
         "deadlines": {
             "requests": len(with_deadline),

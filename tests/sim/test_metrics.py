@@ -14,7 +14,9 @@ from llmos.sim.metrics import (
     distribution,
     flatten_summary,
     format_summary_table,
+    gap_values,
     jain_index,
+    latency_values,
     summarize,
     write_requests_csv,
     write_summary_json,
@@ -55,6 +57,13 @@ def test_distribution_uses_numpy_linear_percentiles():
     stats = distribution([5.0, 1.0, 3.0, 2.0, 4.0])
     assert stats == {"count": 5, "mean": 3.0, "p50": 3.0, "p90": 4.6, "p99": 4.96, "max": 5.0}
     assert distribution([])["p50"] is None
+
+
+def test_gap_values_equal_latency_values_of_gaps():
+    records = [record(1, tokens=[0.1, 0.35, 0.37, 1.9]), record(2, tokens=[2.0]),
+               record(3, tokens=[0.3, 0.7], completion_s=None), record(4, tokens=[5.0, 5.25])]
+    assert gap_values(records).tolist() == latency_values(records, "gap_s") == [0.35 - 0.1, 0.37 - 0.35, 1.9 - 0.37, 5.25 - 5.0]
+    assert gap_values([]).size == 0
 
 
 def test_latency_sections_cover_completed_requests_only():
