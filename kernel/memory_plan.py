@@ -4,7 +4,9 @@
 process that needs memory comes here. ``_admit`` gives a waiting process its blocks (swapping
 it in, hitting the prefix cache), ``_make_room`` grows a running one, and both preempt the
 lowest-ranked running processes (``_victims_below``; throttled ones first) when blocks run out,
-swapping them out or dropping their blocks to recompute (``preemption.py`` picks). A tenant's
+swapping them out or dropping their blocks to recompute (``preemption.py`` picks). An arrival
+evicts only processes that have run ``MIN_RESIDENCY_STEPS`` since their admission, and only if
+its policy lets it (``may_preempt``): both keep an overloaded device from thrashing. A tenant's
 KV-block quota is kept here too, like a cgroup's memory.max (``_keep_kv_quota``).
 
 A mixin rather than an object of its own: these methods read and change the plan being built
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import params
 from .kv_manager import KVCacheManager
+from .policy import Policy
 from .preemption import choose_swap
 from .process import ExitReason, ExitStatus, Process, ProcState
 from .proctable import ProcessTable
@@ -33,6 +36,7 @@ class MemoryPlanning:
     # Provided by DeviceScheduler:
     device: str
     kv: KVCacheManager
+    policy: Policy
     config: SchedulerConfig
     stats: DeviceStats
     kv_bytes_per_token: int
@@ -41,6 +45,7 @@ class MemoryPlanning:
     _running: list[Process]
     _ready: list[Process]
     _swap_handles: dict[int, int]
+    _admitted_at: dict[int, int]
     _ops: list[tuple[str, dict[str, Any], int | None]]
     _preempted_now: set[int]
     _chosen: list[Process]
@@ -90,7 +95,7 @@ class MemoryPlanning:
         allocation = self.kv.allocate(proc.pid, proc.tokens, num_tokens, salt, reserve=reserve)
         while allocation is None:
             if not self._reclaim_stopped(self.kv.blocks_for(num_tokens)):
-                victims = self._victims_below(proc)
+                victims = self._victims_below(proc, settled_only=True) if self.policy.may_preempt(proc) else []
                 if not victims:
                     return None
                 self._preempt(victims[-1])  # a more important arrival takes memory from the least
@@ -107,6 +112,7 @@ class MemoryPlanning:
             self._ops.append(("copy_blocks", {"src": [s for s, _ in pairs], "dst": [d for _, d in pairs]}, None))
         self._ready.remove(proc)
         self._running.append(proc)
+        self._admitted_at[proc.pid] = self.stats.num_steps
         self._table.set_state(proc, ProcState.RUNNING)
         if proc.started_at is None:
             proc.started_at = self._clock()
@@ -173,6 +179,7 @@ class MemoryPlanning:
         proc.acct.num_preemptions += 1
         self.stats.num_preemptions += 1
         self._running.remove(proc)
+        self._admitted_at.pop(proc.pid, None)
         self._ready.append(proc)
         self._preempted_now.add(proc.pid)
         if pairs is not None:
@@ -206,13 +213,22 @@ class MemoryPlanning:
             self._wake()
         self.kv.free(proc.pid)
 
-    def _victims_below(self, proc: Process) -> list[Process]:
+    def _victims_below(self, proc: Process, settled_only: bool = False) -> list[Process]:
         """Running processes ranked below ``proc`` and not in this step's batch, lowest last;
         then, whatever their rank, those whose tenant's token rate keeps them from running
-        (they would hold their blocks idle), so they are preempted first."""
+        (they would hold their blocks idle), so they are preempted first.
+
+        ``settled_only`` (an admission asking): only processes that have run at least
+        ``MIN_RESIDENCY_STEPS`` steps since they were admitted. Without that guarantee a
+        policy whose ranks move (rr's rotation, mlfq's demotions) thrashes under overload: each
+        arrival evicts a process that has just paid to come back, which soon evicts another,
+        and the device spends its steps recomputing (or swapping) instead of generating.
+        """
         mine = self._rank.get(proc.pid, len(self._rank))
+        settled_by = self.stats.num_steps - params.MIN_RESIDENCY_STEPS
         victims = [p for p in self._running if p is not proc and p not in self._chosen
-                   and self._rank.get(p.pid, len(self._rank)) > mine and p.pid not in self._throttled]
+                   and self._rank.get(p.pid, len(self._rank)) > mine and p.pid not in self._throttled
+                   and not (settled_only and self._admitted_at.get(p.pid, -1 << 62) > settled_by)]
         victims.sort(key=lambda p: self._rank.get(p.pid, len(self._rank)))
         if self._throttled:
             idle = [p for p in self._running if p.pid in self._throttled and p is not proc and p not in self._chosen]

@@ -39,6 +39,10 @@ class Policy(Protocol):
         """Forget (or learn from) a process that ended (see ``BasePolicy.on_exit``)."""
         ...
 
+    def may_preempt(self, proc: Process) -> bool:
+        """Whether waiting ``proc`` may take memory from lower-ranked running processes."""
+        ...
+
 
 class BasePolicy:
     """The hooks' default no-ops; subclass it and override ``rank`` and what you need.
@@ -84,6 +88,12 @@ class BasePolicy:
 
     def on_exit(self, proc: Process, now: float) -> None:
         """Default: a stateless policy keeps nothing to forget."""
+
+    def may_preempt(self, proc: Process) -> bool:
+        """Default: yes. A waiting process that ranks above running ones preempts them when
+        memory is short; a policy whose rank for ``proc`` promises order, not urgency (mlfq's
+        aging), says no: ``proc`` then enters first when memory frees, and evicts nobody."""
+        return True
 
 
 def is_stateless(policy: Policy) -> bool:

@@ -140,6 +140,7 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
         self._running: list[Process] = []  # admitted, hold blocks, in admission order
         self._ready: list[Process] = []  # waiting for admission (READY or SWAPPED)
         self._swap_handles: dict[int, int] = {}  # pid -> the driver's handle for its swapped KV
+        self._admitted_at: dict[int, int] = {}  # running pid -> stats.num_steps when it was admitted
         # Driver work not yet sent, in the order it must run: (op, args, pid it concerns).
         # Invariant: everything here runs before the next step; nothing is ever dropped.
         self._ops: list[tuple[str, dict[str, Any], int | None]] = []
@@ -550,6 +551,7 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
         )
 
     def _forget(self, proc: Process) -> None:
+        self._admitted_at.pop(proc.pid, None)
         if proc in self._running:
             self._running.remove(proc)
         if proc in self._ready:

@@ -195,16 +195,32 @@ def test_mlfq_demotes_when_served_tokens_exceed_the_quantum():
     assert policy.level_of(1) == 2  # 17 > 16 tokens in level 1
 
 
-def test_mlfq_promotes_a_starving_process_to_the_top():
+def test_mlfq_aging_raises_a_starving_process_one_level_per_period():
     policy = MLFQ(num_levels=4, base_quantum=8, starvation_s=5.0)
     long = make_proc(1, prompt_len=20, created_at=0.0)
     fresh = make_proc(2, prompt_len=2, created_at=4.0)
     assert pids(policy.rank([long, fresh], 4.9)) == [2, 1]
     assert policy.level_of(1) == 2
-    assert pids(policy.rank([long, fresh], 5.0)) == [2, 1]  # to the back of the top level
+    assert pids(policy.rank([long, fresh], 5.0)) == [2, 1]
+    assert policy.level_of(1) == 1  # one level up, and its starvation clock starts again
+    assert pids(policy.rank([long, fresh], 9.9)) == [2, 1] and policy.level_of(1) == 1
+    assert pids(policy.rank([long, fresh], 10.0)) == [2, 1]  # to the back of the top level
     assert policy.level_of(1) == 0
-    later = make_proc(3, prompt_len=2, created_at=6.0)
-    assert pids(policy.rank([long, fresh, later], 6.0)) == [2, 1, 3]
+    later = make_proc(3, prompt_len=2, created_at=11.0)
+    assert pids(policy.rank([long, fresh, later], 11.0)) == [2, 1, 3]
+    assert pids(policy.rank([long, fresh, later], 20.0)) == [2, 1, 3]  # nothing above the top
+
+
+def test_mlfq_a_promoted_process_evicts_nobody_until_it_is_served():
+    policy = MLFQ(num_levels=4, base_quantum=8, starvation_s=5.0)
+    long = make_proc(1, prompt_len=20, created_at=0.0)
+    policy.rank([long], 0.0)
+    assert policy.may_preempt(long)  # its rank is its own: it may take memory from those below
+    policy.rank([long], 5.0)
+    assert policy.level_of(1) == 1 and not policy.may_preempt(long)  # a rank from waiting only
+    serve_step(policy, [long], 6.0)
+    assert policy.may_preempt(long)
+    assert policy.may_preempt(make_proc(9)) and BasePolicy.may_preempt(FCFS(), long)
 
 
 # -- srpt ----------------------------------------------------------------------------------------

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 from sim_fixtures import sim_config
 
+from llmos.kernel import params
 from llmos.kernel.kernel import open_kernel
+from llmos.kernel.policy import POLICIES, BasePolicy
 from llmos.userland import libllm
 
 
@@ -92,3 +95,48 @@ async def test_decodes_keep_their_tokens_while_a_more_important_prompt_prefills(
         steps = kernel.devices["sim0"].scheduler.stats.num_steps - steps_before
         for pid in background:
             assert (await llm.stat(pid))["generated_tokens"] - before[pid] >= steps - 1
+
+
+@pytest.mark.parametrize("residency", [0, 8])
+async def test_an_arrival_preempts_only_processes_that_have_run_their_residency(autojump_clock, monkeypatch, residency):
+    # 16 blocks of 4 tokens: the background process holds 11 when the urgent one arrives needing 6
+    # of the 5 free. One sequence a step, so the background process is not in the urgent one's batch.
+    monkeypatch.setattr(params, "MIN_RESIDENCY_STEPS", residency)
+    config = sim_config(policy="priority", kv_blocks=16, max_seqs=1, max_batch_tokens=64)
+    async with open_kernel(config) as kernel, libllm.open_client(kernel, uid=0) as llm:
+        background = await llm.spawn(prompt_ids=[1] * 40, max_tokens=20, nice=10)
+        await llm.read(background)  # admitted: its prefill sampled a token
+        urgent = await llm.spawn(prompt_ids=[2] * 24, max_tokens=2, nice=-5)
+        await llm.read(urgent)
+        generated = (await llm.stat(background))["generated_tokens"]
+        # Without a residency it is evicted at once; with one, after `residency` steps of its own.
+        assert residency <= generated <= residency + 2
+        assert (await llm.wait(urgent)).finish_reason == "length"
+        result = await llm.wait(background)
+        assert result.finish_reason == "length" and result.stat["accounting"]["num_preemptions"] == 1
+
+
+class _Polite(BasePolicy):
+    """Newest first, and a newcomer waits for memory rather than evict anyone."""
+
+    name = "polite"
+
+    def rank(self, procs, now):
+        return sorted(procs, key=lambda p: (-p.created_at, -p.pid))
+
+    def may_preempt(self, proc):
+        return False
+
+
+async def test_a_process_its_policy_forbids_to_preempt_waits_for_memory(autojump_clock, monkeypatch):
+    monkeypatch.setitem(POLICIES, "polite", _Polite)
+    monkeypatch.setattr(params, "MIN_RESIDENCY_STEPS", 0)  # the policy alone keeps it out
+    config = sim_config(policy="polite", kv_blocks=16, max_seqs=1, max_batch_tokens=64)
+    async with open_kernel(config) as kernel, libllm.open_client(kernel, uid=0) as llm:
+        background = await llm.spawn(prompt_ids=[1] * 40, max_tokens=20)
+        await llm.read(background)
+        newcomer = await llm.spawn(prompt_ids=[2] * 24, max_tokens=2)  # ranks first, does not fit
+        first = await llm.wait(background)
+        second = await llm.wait(newcomer)
+        assert first.stat["accounting"]["num_preemptions"] == 0 and first.stat["generated_tokens"] == 20
+        assert second.stat["started_at"] >= first.stat["finished_at"]
