@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import params
+from .batch import SeqChunk
 from .kv_manager import KVCacheManager
 from .policy import Policy
 from .preemption import choose_swap
@@ -49,6 +50,8 @@ class MemoryPlanning:
     _ops: list[tuple[str, dict[str, Any], int | None]]
     _preempted_now: set[int]
     _chosen: list[Process]
+    _chunks: list[SeqChunk]
+    _returned_budget: int
     _rank: dict[int, int]
     _throttled: set[int]
     _clock: Callable[[], float]
@@ -176,6 +179,12 @@ class MemoryPlanning:
         pairs = None
         if choose_swap(self.config.preemption, len(table), bytes_per_block, proc.num_computed, tokens_per_s):
             pairs = self.kv.swap_out(proc.pid)  # None if the swap space is full: recompute instead
+        if proc in self._chosen:
+            # Planned earlier in this step (decodes are planned first): out of the batch again,
+            # its tokens back in the step's budget.
+            index = self._chosen.index(proc)
+            del self._chosen[index]
+            self._returned_budget += len(self._chunks.pop(index).token_ids)
         proc.acct.num_preemptions += 1
         self.stats.num_preemptions += 1
         self._running.remove(proc)
@@ -214,8 +223,9 @@ class MemoryPlanning:
         self.kv.free(proc.pid)
 
     def _victims_below(self, proc: Process, settled_only: bool = False) -> list[Process]:
-        """Running processes ranked below ``proc`` and not in this step's batch, lowest last;
-        then, whatever their rank, those whose tenant's token rate keeps them from running
+        """Running processes ranked below ``proc``, lowest last, those already planned into this
+        step's batch included (decodes are planned first; a victim leaves the batch, or a more
+        important process would wait on a less important one's memory); then, whatever their rank, those whose tenant's token rate keeps them from running
         (they would hold their blocks idle), so they are preempted first.
 
         ``settled_only`` (an admission asking): only processes that have run at least
@@ -226,12 +236,12 @@ class MemoryPlanning:
         """
         mine = self._rank.get(proc.pid, len(self._rank))
         settled_by = self.stats.num_steps - params.MIN_RESIDENCY_STEPS
-        victims = [p for p in self._running if p is not proc and p not in self._chosen
+        victims = [p for p in self._running if p is not proc
                    and self._rank.get(p.pid, len(self._rank)) > mine and p.pid not in self._throttled
                    and not (settled_only and self._admitted_at.get(p.pid, -1 << 62) > settled_by)]
         victims.sort(key=lambda p: self._rank.get(p.pid, len(self._rank)))
         if self._throttled:
-            idle = [p for p in self._running if p.pid in self._throttled and p is not proc and p not in self._chosen]
+            idle = [p for p in self._running if p.pid in self._throttled and p is not proc]
             victims += sorted(idle, key=lambda p: self._rank.get(p.pid, len(self._rank)))
         return victims
 

@@ -146,6 +146,8 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
         self._ops: list[tuple[str, dict[str, Any], int | None]] = []
         self._preempted_now: set[int] = set()  # victims of the plan being built: not re-admitted in it
         self._chosen: list[Process] = []  # processes in the batch being built, in order
+        self._chunks: list[SeqChunk] = []  # their chunks
+        self._returned_budget = 0  # tokens of chunks taken back out of the batch being built
         self._rank: dict[int, int] = {}  # pid -> position in this plan's ranking
         self._in_flight: set[int] = set()  # pids in the step now on the device
         self._work = trio.Event()
@@ -373,7 +375,9 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
         now = self._clock()
         budget = self.config.max_batch_tokens
         chunks: list[SeqChunk] = []
+        self._chunks = chunks
         self._chosen = []
+        self._returned_budget = 0
         self._preempted_now = set()
         ranked = self.policy.rank(self._running + self._ready, now)
         self._rank = {p.pid: i for i, p in enumerate(ranked)}
@@ -415,7 +419,9 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
                     self._chosen.append(proc)
                     budget -= 1
                     continue
-                if not self._make_room(proc, num_new):
+                grown = self._make_room(proc, num_new)
+                budget += self._take_returned_budget()
+                if not grown:
                     continue
             elif admitting:
                 if kv_limited and (proc.tenant in quota_full or self._over_kv_quota(
@@ -427,6 +433,7 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
                         self._end_if_over_quota(proc)
                     continue
                 admitted = self._admit(proc, budget)
+                budget += self._take_returned_budget()
                 if admitted is None:
                     admitting = False  # later arrivals do not jump the head of the line
                     continue
@@ -549,6 +556,11 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
             sample=start + num_new == proc.num_tokens,
             sampling=SamplingParams(s.temperature, s.top_k, s.top_p, s.seed, len(proc.output_ids)),
         )
+
+    def _take_returned_budget(self) -> int:
+        """The token budget of planned chunks whose processes were preempted since last asked."""
+        returned, self._returned_budget = self._returned_budget, 0
+        return returned
 
     def _forget(self, proc: Process) -> None:
         self._admitted_at.pop(proc.pid, None)

@@ -97,12 +97,15 @@ async def test_decodes_keep_their_tokens_while_a_more_important_prompt_prefills(
             assert (await llm.stat(pid))["generated_tokens"] - before[pid] >= steps - 1
 
 
+@pytest.mark.parametrize("max_seqs", [1, 4])
 @pytest.mark.parametrize("residency", [0, 8])
-async def test_an_arrival_preempts_only_processes_that_have_run_their_residency(autojump_clock, monkeypatch, residency):
+async def test_an_arrival_preempts_only_processes_that_have_run_their_residency(autojump_clock, monkeypatch,
+                                                                                residency, max_seqs):
     # 16 blocks of 4 tokens: the background process holds 11 when the urgent one arrives needing 6
-    # of the 5 free. One sequence a step, so the background process is not in the urgent one's batch.
+    # of the 5 free. With 4 sequences a step the background decode is planned into the batch
+    # before the urgent prefill (decodes first): it is taken out again, not waited for.
     monkeypatch.setattr(params, "MIN_RESIDENCY_STEPS", residency)
-    config = sim_config(policy="priority", kv_blocks=16, max_seqs=1, max_batch_tokens=64)
+    config = sim_config(policy="priority", kv_blocks=16, max_seqs=max_seqs, max_batch_tokens=64)
     async with open_kernel(config) as kernel, libllm.open_client(kernel, uid=0) as llm:
         background = await llm.spawn(prompt_ids=[1] * 40, max_tokens=20, nice=10)
         await llm.read(background)  # admitted: its prefill sampled a token
