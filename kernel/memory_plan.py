@@ -5,7 +5,7 @@ process that needs memory comes here. ``_admit`` gives a waiting process its blo
 it in, hitting the prefix cache), ``_make_room`` grows a running one, and both preempt the
 lowest-ranked running processes (``_victims_below``; throttled ones first) when blocks run out,
 swapping them out or dropping their blocks to recompute (``preemption.py`` picks). An arrival
-evicts only processes that have run ``MIN_RESIDENCY_STEPS`` since their admission, and only if
+evicts only processes that have run ``min_residency_steps`` since their admission, and only if
 its policy lets it (``may_preempt``): both keep an overloaded device from thrashing. A tenant's
 KV-block quota is kept here too, like a cgroup's memory.max (``_keep_kv_quota``).
 
@@ -229,13 +229,13 @@ class MemoryPlanning:
         (they would hold their blocks idle), so they are preempted first.
 
         ``settled_only`` (an admission asking): only processes that have run at least
-        ``MIN_RESIDENCY_STEPS`` steps since they were admitted. Without that guarantee a
+        ``config.min_residency_steps`` steps since they were admitted. Without that guarantee a
         policy whose ranks move (rr's rotation, mlfq's demotions) thrashes under overload: each
         arrival evicts a process that has just paid to come back, which soon evicts another,
         and the device spends its steps recomputing (or swapping) instead of generating.
         """
         mine = self._rank.get(proc.pid, len(self._rank))
-        settled_by = self.stats.num_steps - params.MIN_RESIDENCY_STEPS
+        settled_by = self.stats.num_steps - self.config.min_residency_steps
         victims = [p for p in self._running if p is not proc
                    and self._rank.get(p.pid, len(self._rank)) > mine and p.pid not in self._throttled
                    and not (settled_only and self._admitted_at.get(p.pid, -1 << 62) > settled_by)]

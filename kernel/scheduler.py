@@ -48,6 +48,8 @@ class SchedulerConfig:
     max_seqs: int = params.MAX_SEQS  # sequences per step
     preemption: PreemptionMode = PreemptionMode.AUTO  # swap, recompute, or the cheaper of the two
     max_steps: int = 1  # decode steps one plan may cover on a modeled-time driver (horizon.py)
+    # Steps a newly admitted process runs before an arrival may evict it (memory_plan.py).
+    min_residency_steps: int = params.MIN_RESIDENCY_STEPS
 
 
 class TenantLimiter(Protocol):

@@ -61,6 +61,7 @@ class SimConfig:
     preemption: str = "auto"  # swap, recompute or auto
     prefix_cache: bool = True
     max_steps: int = 4096  # decode steps one plan may cover (kernel/horizon.py); 1 plans every step
+    min_residency_steps: int = params.MIN_RESIDENCY_STEPS  # steps an admitted process is safe from arrivals
     sample_interval_s: float = 1.0  # virtual seconds between timeline samples
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,7 +91,8 @@ class SimConfig:
             PreemptionMode(self.preemption)
         except ValueError:
             raise SimError("EINVAL", f"preemption must be swap, recompute or auto, not {self.preemption!r}") from None
-        for name, lo in (("block_size", 1), ("max_seqs", 1), ("max_batch_tokens", 1), ("max_steps", 1)):
+        for name, lo in (("block_size", 1), ("max_seqs", 1), ("max_batch_tokens", 1), ("max_steps", 1),
+                         ("min_residency_steps", 0)):
             value = getattr(self, name)
             if type(value) is not int or value < lo:
                 raise SimError("EINVAL", f"{name} must be an integer >= {lo}, not {value!r}")
@@ -135,7 +137,8 @@ def kernel_config(config: SimConfig, num_requests: int) -> KernelConfig:
         num_swap_blocks=kv_blocks if config.swap_blocks is None else config.swap_blocks,
         prefix_cache=config.prefix_cache,
     )
-    scheduler = SchedulerConfig(config.max_batch_tokens, config.max_seqs, PreemptionMode(config.preemption), config.max_steps)
+    scheduler = SchedulerConfig(config.max_batch_tokens, config.max_seqs, PreemptionMode(config.preemption),
+                                config.max_steps, config.min_residency_steps)
     # Every request may be alive at once under overload: the table must hold them all.
     return KernelConfig([device], policy=config.policy, scheduler=scheduler, max_processes=num_requests + 16)
 

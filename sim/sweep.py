@@ -58,7 +58,8 @@ from .records import SimResult
 # dataclass is the authority whenever it can).
 DEFAULT_CONFIG_FIELDS: tuple[str, ...] = (
     "workload", "seed", "policy", "model", "device", "kv_blocks", "block_size", "swap_blocks",
-    "max_seqs", "max_batch_tokens", "preemption", "prefix_cache", "max_steps", "sample_interval_s",
+    "max_seqs", "max_batch_tokens", "preemption", "prefix_cache", "max_steps", "min_residency_steps",
+    "sample_interval_s",
 )
 SECTIONS: tuple[str, ...] = ("base", "grid", "slo")
 SLO_KEYS: tuple[str, ...] = ("ttft_s", "tpot_s")

@@ -48,6 +48,9 @@ def add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     system.add_argument("--no-prefix-cache", action="store_true", help="disable prefix caching")
     system.add_argument("--max-steps", type=int, default=4096,
                         help="decode steps one plan may cover; 1 plans every step (same results, slower)")
+    system.add_argument("--min-residency", type=int, default=params.MIN_RESIDENCY_STEPS, metavar="STEPS",
+                        help="steps a newly admitted process runs before an arrival may evict it "
+                             "(default %(default)s; 0: none, and overloaded rr/mlfq thrash)")
     system.add_argument("--seed", type=int, default=0, help="seed of the workload, prompts and sampling (default 0)")
     out = parser.add_argument_group("outputs")
     out.add_argument("--sample-interval", type=float, default=1.0, help="virtual seconds between timeline samples")
@@ -94,6 +97,7 @@ def sim_config_from_args(args: argparse.Namespace) -> Any:
         preemption=args.preemption,
         prefix_cache=not args.no_prefix_cache,
         max_steps=args.max_steps,
+        min_residency_steps=args.min_residency,
         sample_interval_s=args.sample_interval,
     )
 

@@ -53,6 +53,7 @@ class SystemOptions:
     policy: str = "fcfs"
     max_batch_tokens: int = params.MAX_BATCH_TOKENS
     max_seqs: int = params.MAX_SEQS
+    min_residency_steps: int = params.MIN_RESIDENCY_STEPS  # steps an admitted process is safe from arrivals
     home: str | None = None  # state of the security and models services; None: run no services
     model_memory: int | None = None  # bytes of weights models loaded at run time may hold per device
 
@@ -77,6 +78,9 @@ def add_system_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--policy", default="fcfs", choices=sorted(POLICIES), help="scheduling policy")
     group.add_argument("--max-batch-tokens", type=int, default=params.MAX_BATCH_TOKENS, help="token budget per step")
     group.add_argument("--max-seqs", type=int, default=params.MAX_SEQS, help="sequences per step")
+    group.add_argument("--min-residency", type=int, default=params.MIN_RESIDENCY_STEPS, metavar="STEPS",
+                       help="steps a newly admitted process runs before an arrival may evict it; keeps an "
+                            "overloaded device from thrashing (default: %(default)s; 0: none)")
     group.add_argument("--home", default=None, metavar="PATH",
                        help="start the security and models services with their state in PATH ('default': the "
                             "platform's data directory) (default: $LLMOS_HOME; neither: no services)")
@@ -94,6 +98,7 @@ def options_from_args(args: argparse.Namespace) -> SystemOptions:
         model=args.model, dtype=args.dtype, kv_blocks=args.kv_blocks, block_size=args.block_size,
         swap_blocks=args.swap_blocks, preemption=args.preemption, prefix_cache=args.prefix_cache,
         policy=args.policy, max_batch_tokens=args.max_batch_tokens, max_seqs=args.max_seqs,
+        min_residency_steps=getattr(args, "min_residency", params.MIN_RESIDENCY_STEPS),
         home=getattr(args, "home", None) or os.environ.get("LLMOS_HOME") or None,
         model_memory=getattr(args, "model_memory", None),
     )
@@ -268,6 +273,8 @@ def build_config(options: SystemOptions) -> KernelConfig:
         raise ValueError(f"unknown preemption mode {options.preemption!r}; choose auto, swap or recompute")
     if options.max_batch_tokens <= 0 or options.max_seqs <= 0:
         raise ValueError("--max-batch-tokens and --max-seqs must be positive")
+    if options.min_residency_steps < 0:
+        raise ValueError("--min-residency must not be negative")
     kinds = options.devices or [options.device]
     for kind in kinds:
         if kind not in DRIVER_KINDS:
@@ -289,7 +296,8 @@ def build_config(options: SystemOptions) -> KernelConfig:
     config = KernelConfig(
         devices=devices,
         policy=options.policy,
-        scheduler=SchedulerConfig(options.max_batch_tokens, options.max_seqs, PreemptionMode(options.preemption)),
+        scheduler=SchedulerConfig(options.max_batch_tokens, options.max_seqs, PreemptionMode(options.preemption),
+                                  min_residency_steps=options.min_residency_steps),
         device_factory=partial(model_device, options, home=home),
     )
     if home is not None:

@@ -6,7 +6,6 @@ import pytest
 import trio
 from sim_fixtures import sim_config
 
-from llmos.kernel import params
 from llmos.kernel.kernel import open_kernel
 from llmos.kernel.policy import POLICIES, BasePolicy
 from llmos.userland import libllm
@@ -99,13 +98,12 @@ async def test_decodes_keep_their_tokens_while_a_more_important_prompt_prefills(
 
 @pytest.mark.parametrize("max_seqs", [1, 4])
 @pytest.mark.parametrize("residency", [0, 8])
-async def test_an_arrival_preempts_only_processes_that_have_run_their_residency(autojump_clock, monkeypatch,
-                                                                                residency, max_seqs):
+async def test_an_arrival_preempts_only_processes_that_have_run_their_residency(autojump_clock, residency, max_seqs):
     # 16 blocks of 4 tokens: the background process holds 11 when the urgent one arrives needing 6
     # of the 5 free. With 4 sequences a step the background decode is planned into the batch
     # before the urgent prefill (decodes first): it is taken out again, not waited for.
-    monkeypatch.setattr(params, "MIN_RESIDENCY_STEPS", residency)
-    config = sim_config(policy="priority", kv_blocks=16, max_seqs=max_seqs, max_batch_tokens=64)
+    config = sim_config(policy="priority", kv_blocks=16, max_seqs=max_seqs, max_batch_tokens=64,
+                        min_residency_steps=residency)
     async with open_kernel(config) as kernel, libllm.open_client(kernel, uid=0) as llm:
         background = await llm.spawn(prompt_ids=[1] * 40, max_tokens=20, nice=10)
         await llm.read(background)  # admitted: its prefill sampled a token
@@ -133,8 +131,8 @@ class _Polite(BasePolicy):
 
 async def test_a_process_its_policy_forbids_to_preempt_waits_for_memory(autojump_clock, monkeypatch):
     monkeypatch.setitem(POLICIES, "polite", _Polite)
-    monkeypatch.setattr(params, "MIN_RESIDENCY_STEPS", 0)  # the policy alone keeps it out
-    config = sim_config(policy="polite", kv_blocks=16, max_seqs=1, max_batch_tokens=64)
+    # No residency: the policy alone keeps the newcomer from evicting.
+    config = sim_config(policy="polite", kv_blocks=16, max_seqs=1, max_batch_tokens=64, min_residency_steps=0)
     async with open_kernel(config) as kernel, libllm.open_client(kernel, uid=0) as llm:
         background = await llm.spawn(prompt_ids=[1] * 40, max_tokens=20)
         await llm.read(background)

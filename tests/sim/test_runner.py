@@ -95,6 +95,7 @@ def test_policies_change_the_schedule_but_not_the_work():
     ({"policy": "lottery"}, "EINVAL"),
     ({"preemption": "sometimes"}, "EINVAL"),
     ({"max_seqs": 0}, "EINVAL"),
+    ({"min_residency_steps": -1}, "EINVAL"),
     ({"model": "llama-2-70b"}, "ENOMEM"),  # 138 GB of weights in an 80 GB a100
     ({"model": "gpt-5"}, "ENOENT"),
     ({"device": "tpu-v9"}, "ENOENT"),
