@@ -98,7 +98,9 @@ class MemoryPlanning:
         allocation = self.kv.allocate(proc.pid, proc.tokens, num_tokens, salt, reserve=reserve)
         while allocation is None:
             if not self._reclaim_stopped(self.kv.blocks_for(num_tokens)):
-                victims = self._victims_below(proc, settled_only=True) if self.policy.may_preempt(proc) else []
+                victims = self._victims_below(proc, settled_only=True)
+                if not self._may_preempt(proc):
+                    victims = [p for p in victims if p.pid in self._throttled]  # idle ones only
                 if not victims:
                     return None
                 self._preempt(victims[-1])  # a more important arrival takes memory from the least
@@ -222,17 +224,23 @@ class MemoryPlanning:
             self._wake()
         self.kv.free(proc.pid)
 
+    def _may_preempt(self, proc: Process) -> bool:
+        """The policy's ``may_preempt`` (yes for a policy written before the hook existed)."""
+        hook = getattr(self.policy, "may_preempt", None)
+        return hook is None or hook(proc)
+
     def _victims_below(self, proc: Process, settled_only: bool = False) -> list[Process]:
         """Running processes ranked below ``proc``, lowest last, those already planned into this
         step's batch included (decodes are planned first; a victim leaves the batch, or a more
-        important process would wait on a less important one's memory); then, whatever their rank, those whose tenant's token rate keeps them from running
-        (they would hold their blocks idle), so they are preempted first.
+        important process would wait on a less important one's memory); then, whatever their
+        rank, those whose tenant's token rate keeps them from running (they would hold their
+        blocks idle), so they are preempted first.
 
-        ``settled_only`` (an admission asking): only processes that have run at least
-        ``config.min_residency_steps`` steps since they were admitted. Without that guarantee a
-        policy whose ranks move (rr's rotation, mlfq's demotions) thrashes under overload: each
-        arrival evicts a process that has just paid to come back, which soon evicts another,
-        and the device spends its steps recomputing (or swapping) instead of generating.
+        ``settled_only`` (an admission asking): only processes admitted at least
+        ``config.min_residency_steps`` device steps ago. Without that guarantee a policy whose
+        ranks move (rr's rotation, mlfq's demotions) thrashes under overload: each arrival
+        evicts a process that has just paid to come back, which soon evicts another, and the
+        device spends its steps recomputing (or swapping) instead of generating.
         """
         mine = self._rank.get(proc.pid, len(self._rank))
         settled_by = self.stats.num_steps - self.config.min_residency_steps
@@ -271,7 +279,7 @@ class MemoryPlanning:
             if self._reclaim_stopped(self.kv.blocks_for(num_tokens), tenant=proc.tenant):
                 continue  # the tenant's stopped processes give back their blocks first
             mine = self._rank.get(proc.pid, len(self._rank))
-            siblings = [p for p in self._running if p.tenant == proc.tenant and p is not proc and p not in self._chosen
+            siblings = [p for p in self._running if p.tenant == proc.tenant and p is not proc
                         and self._rank.get(p.pid, len(self._rank)) > mine]
             if siblings:
                 self._preempt(max(siblings, key=lambda p: self._rank.get(p.pid, len(self._rank))))

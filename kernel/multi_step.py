@@ -54,6 +54,7 @@ class MultiStepRuns:
     _running: list[Process]
     _ready: list[Process]
     _rank: dict[int, int]
+    _preempted_now: set[int]
     _admission_blocked: bool
     _clock: Callable[[], float]
     _salt_of: Callable[[str], bytes]
@@ -141,6 +142,7 @@ class MultiStepRuns:
         block_size = kv.block_size
         ended_at = horizon.ends[stop_step - 1]
         served: dict[str, int] = {}  # tokens per tenant, charged once per tenant below
+        ending: list[tuple[Process, ExitStatus, float | None]] = []  # exits at the segment's last step
         running = ProcState.RUNNING
         # This loop runs for every sequence of every multi-step run: locals, attributes read once.
         for index in in_run:
@@ -167,11 +169,17 @@ class MultiStepRuns:
                 kv.commit_full_blocks(proc.pid, proc.tokens, computed)
             proc.notify()
             if proc.stop_ids and output[-1] in proc.stop_ids:
-                self.finish(proc, ExitStatus(ExitReason.STOP, message="sampled a stop token"), ended_at)
+                ending.append((proc, ExitStatus(ExitReason.STOP, message="sampled a stop token"), ended_at))
             elif len(output) >= proc.max_tokens:
-                self.finish(proc, ExitStatus(ExitReason.LENGTH, message=f"reached max_tokens={proc.max_tokens}"), ended_at)
+                ending.append((proc, ExitStatus(ExitReason.LENGTH, message=f"reached max_tokens={proc.max_tokens}"), ended_at))
             elif proc.pending_term and stop_step == horizon.num_steps:
-                self.finish(proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"))
+                ending.append((proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"), None))
+        # Exits free their blocks after every block of these steps was taken, as in a one-step
+        # loop, where a step's blocks are taken when it is planned and exits come after it ran:
+        # a partial block freed earlier would be taken instead of evicting a cached one, and
+        # later prefix hits would differ.
+        for proc, status, at in ending:
+            self.finish(proc, status, at)
         self._charge(served, ended_at)
 
     def _plan_lookahead(self, batch: StepBatch) -> list[int] | None:
@@ -198,6 +206,11 @@ class MultiStepRuns:
         """
         if not self._ready:
             return False
+        if self._preempted_now:
+            # Memory was freed after admission may have closed (a growing process preempted
+            # itself or a victim), and a victim may come back through its cached blocks: the
+            # next step may admit someone.
+            return True
         if not (getattr(self.policy, "static_rank", False) and self._admission_blocked):
             return True
         lowest_running = max((self._rank[p.pid] for p in self._running), default=-1)

@@ -48,7 +48,7 @@ class SchedulerConfig:
     max_seqs: int = params.MAX_SEQS  # sequences per step
     preemption: PreemptionMode = PreemptionMode.AUTO  # swap, recompute, or the cheaper of the two
     max_steps: int = 1  # decode steps one plan may cover on a modeled-time driver (horizon.py)
-    # Steps a newly admitted process runs before an arrival may evict it (memory_plan.py).
+    # Device steps after its admission during which an arrival may not evict a process (memory_plan.py).
     min_residency_steps: int = params.MIN_RESIDENCY_STEPS
 
 
@@ -414,8 +414,9 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
                 self._throttled_until = min(self._throttled_until, ready_at)
                 continue  # its tenant is over its token rate: it keeps its place and its blocks
             if proc.state is ProcState.RUNNING:
-                num_new = min(proc.num_tokens - proc.num_computed, budget)
-                if num_new == 1 and kv.can_write_in_place(proc.pid, proc.num_computed):
+                left = proc.num_tokens - proc.num_computed
+                num_new = min(left, budget)
+                if left == 1 and kv.can_write_in_place(proc.pid, proc.num_computed):
                     # The common case, a decode whose block is already there: no memory work.
                     chunks.append(self._decode_chunk(proc))
                     self._chosen.append(proc)

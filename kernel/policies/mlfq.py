@@ -17,10 +17,10 @@ FIFO within a level. Costs are in generated-token units: a prompt token costs
   the top made the top a FIFO of the starved and erased what MLFQ is for. A process at the
   bottom reaches the top after ``(num_levels - 1) * starvation_s`` unserved.
 - A promoted process evicts nobody (``may_preempt``) until it is served: it enters when memory
-  frees, ahead of those ranked below it. Its rank comes from waiting, not from being short, and when promoted processes
-  took memory from running ones, each of those soon aged and took it back: under 1.5x load on
-  the Azure trace the device spent more steps recomputing evicted KV than generating
-  (1,671 preemptions for 600 requests, 571 tokens/s against fcfs's 1,001).
+  frees, ahead of those ranked below it. Its rank comes from waiting, not from being short;
+  when promoted processes took memory from running ones, each of those soon aged and took it
+  back: under 1.5x load on the Azure trace the device spent more steps recomputing evicted KV
+  than generating (1,671 preemptions for 600 requests, 571 tokens/s against fcfs's 1,001).
 
 ``rank`` updates state: a first-seen process joins, and starving ones are promoted.
 """

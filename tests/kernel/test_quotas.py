@@ -241,3 +241,20 @@ async def test_killing_the_resources_service_100_times_loses_no_quota_and_no_pro
         assert all(len(out) == 50 for out in outputs)  # no process lost
         assert await root.quota_list() == quotas  # no quota lost
         assert min(survived.values()) >= 10
+
+
+async def test_within_a_kv_quota_the_more_important_process_grows_and_the_lesser_waits(autojump_clock, tmp_path):
+    # 8 tokens a step: the nice-0 prompt enters in chunks, and to grow within alice's 6 blocks it
+    # must take them from her nice-10 process, whose decode is planned into each step first.
+    # Once, it preempted itself instead and waited for the lesser process to finish.
+    async with open_system(tmp_path, policy="priority", kv_blocks=64, max_batch_tokens=8) as (kernel, root):
+        await root.quota_set("alice", kv_blocks=6)
+        async with libllm.open_client(kernel, uid=1000, tenant="alice") as alice:
+            lesser = await alice.spawn(prompt_ids=[1] * 6, max_tokens=12, nice=10, ignore_eos=True)
+            await alice.read(lesser)
+            important = await alice.spawn(prompt_ids=[2] * 20, max_tokens=3, ignore_eos=True)
+            first, second = await alice.wait(important), await alice.wait(lesser)
+    assert first.exit["reason"] == second.exit["reason"] == "length"
+    assert first.stat["accounting"]["num_preemptions"] == 0
+    assert second.stat["accounting"]["num_preemptions"] >= 1
+    assert first.stat["finished_at"] < second.stat["finished_at"]

@@ -109,3 +109,20 @@ async def test_a_cancelled_follower_passes_the_reader_turn_on(autojump_clock):
     # B to read: C must still get its reply. trio's task order is random, so try many times.
     for _ in range(40):
         await _follower_trial()
+
+
+async def test_a_prompt_chunk_of_one_token_is_not_taken_for_a_decode(autojump_clock):
+    # A 2-token budget with one decoder leaves 1 token a step for the other process's prompt.
+    # The planner's decode fast path took such a 1-token prompt chunk for a decode: it sent the
+    # sequence's last token and sampled in the middle of the prompt, so a first token came out
+    # after 2 of the 7 prompt tokens.
+    config = sim_config(kv_blocks=64, block_size=4, max_batch_tokens=2, max_seqs=4)
+    async with open_kernel(config) as kernel, libllm.open_client(kernel) as llm:
+        scheduler = kernel.devices["sim0"].scheduler
+        decoder = await llm.spawn(prompt_ids=[1], max_tokens=30, seed=1, ignore_eos=True)
+        await llm.read(decoder)
+        prompter = await llm.spawn(prompt_ids=list(range(11, 18)), max_tokens=5, seed=2, ignore_eos=True)
+        before = scheduler.stats.num_steps
+        await llm.read(prompter)
+        assert scheduler.stats.num_steps - before >= 7  # one prompt token a step, then the sample
+        assert len((await llm.wait(prompter)).output_ids) == 5

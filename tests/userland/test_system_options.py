@@ -7,7 +7,12 @@ import argparse
 import pytest
 
 from llmos.kernel import params
-from llmos.userland.system import SystemOptions, add_system_arguments, build_config, options_from_args
+from llmos.userland.system import (
+    SystemOptions,
+    add_system_arguments,
+    build_config,
+    options_from_args,
+)
 
 
 def parse(*argv: str) -> SystemOptions:
