@@ -405,9 +405,15 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
             p.pid for p in self._running if limiter.allows(p.tenant, now) is not None}
         kv_limited = self.limiter is not None and self.limiter.kv_limited
         quota_full: set[str] = set()  # tenants whose next waiting process did not fit their KV quota
+        unvisited_running = len(self._running)  # an overestimate once victims leave: safe
         for proc in order:
             if len(chunks) >= self.config.max_seqs or budget <= 0:
                 break
+            if proc.state is ProcState.RUNNING:
+                unvisited_running -= 1
+            elif not admitting and unvisited_running <= 0 and limiter is None:
+                break  # only waiting processes are left, and admission has closed: an overloaded
+                # device may queue thousands, and this loop runs every step
             if proc.pid in self._preempted_now:
                 continue  # preempted as a victim earlier in this loop
             if limiter is not None and (ready_at := limiter.allows(proc.tenant, now)) is not None:
