@@ -17,6 +17,7 @@ How the planner drives a policy (``DeviceScheduler``, one policy instance per de
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from operator import attrgetter
 from typing import Protocol
 
 from .process import Process
@@ -123,6 +124,9 @@ def time_waiting(proc: Process, now: float) -> float:
     return max(0.0, now - proc.created_at - proc.acct.time_running_s)
 
 
+_BY_ARRIVAL = attrgetter("created_at", "pid")  # a C-level sort key: rank runs every step, over every queued process
+
+
 class FCFS(BasePolicy):
     """First come, first served: by creation time, then pid. Never starves anyone; no aging."""
 
@@ -130,7 +134,7 @@ class FCFS(BasePolicy):
     static_rank = True  # a process's rank never changes: the scheduler may plan several steps at once
 
     def rank(self, procs: Sequence[Process], now: float) -> list[Process]:
-        return sorted(procs, key=lambda p: (p.created_at, p.pid))
+        return sorted(procs, key=_BY_ARRIVAL)
 
 
 # The policy modules import BasePolicy from here, so they are imported after it is defined.
