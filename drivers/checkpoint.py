@@ -28,10 +28,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load, load_file
+from safetensors.torch import load_file
 
 from llmos.kernel.errors import KernelError
 
+from .safetensors_buffer import load_buffer
 from .sealed import ModelFiles
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
@@ -296,8 +297,9 @@ def _shard_files(files: ModelFiles) -> list[str]:
 def _read_shard(files: ModelFiles, rel: str) -> dict[str, torch.Tensor]:
     if not files.sealed:
         return load_file(str(files.path(rel)))  # memory-mapped
-    # Decrypted in memory and parsed from bytes: a sealed shard's plaintext never touches disk.
-    return load(files.read_bytes(rel))
+    # Decrypted in memory, once, into one buffer the tensors are views of: a sealed shard's
+    # plaintext never touches disk, and is held once while it loads.
+    return load_buffer(files.read_buffer(rel), f"{files.root / rel}")
 
 
 def _read_tensors(files: ModelFiles, shards: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:

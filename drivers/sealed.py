@@ -149,6 +149,33 @@ def unseal(path: Path, key: bytes, rel: str) -> bytes:
     return b"".join(iter_unsealed(path, key, rel))
 
 
+def unseal_into_buffer(path: Path, key: bytes, rel: str) -> tuple[bytearray, str]:
+    """The plaintext of a sealed file in one buffer, and its sha256 hex, in a single pass.
+
+    For model weights: the plaintext is held once (no list of chunks, no joined copy), and the
+    buffer can back tensors directly (``safetensors_buffer``). The header's size is checked
+    against the file's before anything is allocated, so a damaged header cannot ask for more
+    memory than the file could hold. Raises as ``iter_unsealed``.
+    """
+    with open(path, "rb") as handle:
+        _, chunk_bytes, plain_bytes = _read_header(handle, path, rel)
+        full, rest = divmod(plain_bytes, chunk_bytes)
+        records = full + (1 if rest or not full else 0)
+        expected = _HEADER.size + plain_bytes + records * (NONCE_BYTES + TAG_BYTES)
+        actual = os.fstat(handle.fileno()).st_size
+    if actual != expected:
+        why = "was truncated after it was sealed" if actual < expected else "has bytes after its last chunk"
+        raise _refused(rel, path, f"is {actual} bytes where its header implies {expected}: it {why}")
+    buffer = bytearray(plain_bytes)
+    digest = hashlib.sha256()
+    offset = 0
+    for chunk in iter_unsealed(path, key, rel):
+        buffer[offset : offset + len(chunk)] = chunk
+        digest.update(chunk)
+        offset += len(chunk)
+    return buffer, digest.hexdigest()
+
+
 def unsealed_digest(path: Path, key: bytes, rel: str) -> tuple[str, int]:
     """(sha256 hex, size) of a sealed file's plaintext, decrypted chunk by chunk."""
     digest = hashlib.sha256()
@@ -199,6 +226,21 @@ class ModelFiles:
         if self.sealed:
             return sorted(rel for rel in self._sha256 if "/" not in rel and rel.endswith(suffix))
         return sorted(p.name for p in self.root.glob(f"*{suffix}") if p.is_file())
+
+    def read_buffer(self, rel: str) -> bytearray:
+        """``read_bytes`` of a sealed file as one writable buffer, decrypted and checked in a
+        single pass: weights are held once, and tensors can be views of it. Raises as
+        ``read_bytes``; for a plain file, the file's bytes in a buffer."""
+        path = self.path(rel)
+        if self._key is None:
+            return bytearray(path.read_bytes())
+        expected = self._sha256.get(rel)
+        if expected is None:
+            raise _refused(rel, path, "is not in the signed manifest of this encrypted version")
+        buffer, digest = unseal_into_buffer(path, self._key, rel)
+        if digest != expected:
+            raise _refused(rel, path, "does not match its sha256 in the manifest: it was changed after signing")
+        return buffer
 
     def read_bytes(self, rel: str) -> bytes:
         """The (plaintext) content of ``rel``.

@@ -33,6 +33,13 @@ def refused(path: Path, key: bytes = KEY, rel: str = "model.safetensors") -> str
     return err.value.message
 
 
+def buffer_refused(path: Path, key: bytes = KEY, rel: str = "model.safetensors") -> str:
+    with pytest.raises(KernelError) as err:
+        sealed.unseal_into_buffer(path, key, rel)
+    assert err.value.errno == "EACCES" and rel in err.value.message
+    return err.value.message
+
+
 @pytest.mark.parametrize("size", [0, 1, 63, 64, 65, 64 * 5, 1000])
 def test_a_sealed_file_opens_to_its_plaintext_and_holds_none_of_it(tmp_path, size):
     data = os.urandom(size)
@@ -40,6 +47,8 @@ def test_a_sealed_file_opens_to_its_plaintext_and_holds_none_of_it(tmp_path, siz
     assert sealed.is_sealed(path) and sealed.sealed_size(path, "model.safetensors") == size
     assert sealed.unseal(path, KEY, "model.safetensors") == data
     assert sealed.unsealed_digest(path, KEY, "model.safetensors") == (hashlib.sha256(data).hexdigest(), size)
+    buffer, digest = sealed.unseal_into_buffer(path, KEY, "model.safetensors")
+    assert buffer == data and isinstance(buffer, bytearray) and digest == hashlib.sha256(data).hexdigest()
     stored = path.read_bytes()
     assert all(data[i:i + 16] not in stored for i in range(0, max(size - 15, 0), 16))
     assert path.stat().st_mode & 0o077 == 0
@@ -55,8 +64,15 @@ def test_a_changed_byte_a_truncation_extra_bytes_or_another_key_or_name_are_refu
         refused(path)
     path.write_bytes(good[:-1])
     assert "truncated" in refused(path)
+    assert "truncated" in buffer_refused(path)
     path.write_bytes(good + b"\0")
     assert "after its last chunk" in refused(path)
+    assert "after its last chunk" in buffer_refused(path)
+    # A header that declares a vast plaintext is refused before any memory is taken for it.
+    vast = bytearray(good)
+    vast[12:20] = (1 << 60).to_bytes(8, "big")
+    path.write_bytes(bytes(vast))
+    assert "truncated" in buffer_refused(path)
     path.write_bytes(good)
     assert "authentication" in refused(path, key=OTHER_KEY)
     assert "authentication" in refused(path, rel="tokenizer.json")  # sealed for another file
