@@ -69,7 +69,7 @@ class MemoryPlanning:
         """Give a waiting process its memory and make it RUNNING.
 
         Returns the tokens to compute this step, 0 if the process ended instead (ENOMEM), or
-        None if memory is short (it keeps waiting; whatever it got so far it keeps).
+        None if memory is short (it keeps waiting; a swapped process stays swapped out).
         """
         if self.kv.blocks_for(proc.num_tokens) > self.kv.num_blocks:
             self.finish(proc, ExitStatus(ExitReason.ERROR, errno="ENOMEM", message=(
@@ -86,9 +86,18 @@ class MemoryPlanning:
                 # while the reserve is kept: recompute it instead.
                 self._drop_swap(proc)
             else:
+                # Swap in only once the step's whole allocation fits: a process holding its
+                # swapped-in blocks while it waits for one more could, with others doing the
+                # same, hold the whole pool with nobody running.
+                slots = len(self.kv.swap_slots(proc.pid))
+                needed = max(slots, self.kv.blocks_for(proc.num_computed + min(proc.num_tokens - proc.num_computed, budget)))
+                if not self.kv.can_allocate(slots, reserve):
+                    return None  # it waits for its own blocks without evicting anyone
+                while not self.kv.can_allocate(needed, reserve):
+                    if not self._evict_for_admission(proc, needed):
+                        return None
                 pairs = self.kv.swap_in(proc.pid, reserve=reserve)
-                if pairs is None:
-                    return None
+                assert pairs is not None  # checked above
                 del self._swap_handles[proc.pid]
                 self._ops.append(("swap_in", {"blocks": [d for _, d in pairs], "handle": handle}, proc.pid))
         salt = self._salt_of(proc.tenant)
@@ -97,13 +106,8 @@ class MemoryPlanning:
         num_tokens = start + min(proc.num_tokens - start, budget)
         allocation = self.kv.allocate(proc.pid, proc.tokens, num_tokens, salt, reserve=reserve)
         while allocation is None:
-            if not self._reclaim_stopped(self.kv.blocks_for(num_tokens)):
-                victims = self._victims_below(proc, settled_only=True)
-                if not self._may_preempt(proc):
-                    victims = [p for p in victims if p.pid in self._throttled]  # idle ones only
-                if not victims:
-                    return None
-                self._preempt(victims[-1])  # a more important arrival takes memory from the least
+            if not self._evict_for_admission(proc, self.kv.blocks_for(num_tokens)):
+                return None
             allocation = self.kv.allocate(proc.pid, proc.tokens, num_tokens, salt, reserve=reserve)
         if allocation.blocks_to_zero:
             self._ops.append(("zero_blocks", {"blocks": allocation.blocks_to_zero}, None))
@@ -122,6 +126,20 @@ class MemoryPlanning:
         if proc.started_at is None:
             proc.started_at = self._clock()
         return min(proc.num_tokens - proc.num_computed, budget)
+
+    def _evict_for_admission(self, proc: Process, num_blocks: int) -> bool:
+        """Free memory for waiting ``proc``: stopped processes' blocks, else the lowest-ranked
+        victim it may take (a more important arrival takes memory from the least). False if
+        there is neither."""
+        if self._reclaim_stopped(num_blocks):
+            return True
+        victims = self._victims_below(proc, settled_only=True)
+        if not self._may_preempt(proc):
+            victims = [p for p in victims if p.pid in self._throttled]  # idle ones only
+        if not victims:
+            return False
+        self._preempt(victims[-1])
+        return True
 
     def _make_room(self, proc: Process, num_new: int) -> bool:
         """Grow a running process's table for ``num_new`` tokens, preempting others if needed.

@@ -13,6 +13,7 @@ run queues, the plan being built and the step counters with the planner.
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -143,6 +144,7 @@ class MultiStepRuns:
         ended_at = horizon.ends[stop_step - 1]
         served: dict[str, int] = {}  # tokens per tenant, charged once per tenant below
         ending: list[tuple[Process, ExitStatus, float | None]] = []  # exits at the segment's last step
+        blocks: list[tuple[int, int, int, Process, int]] = []  # (step, cache?, batch order, proc, tokens)
         running = ProcState.RUNNING
         # This loop runs for every sequence of every multi-step run: locals, attributes read once.
         for index in in_run:
@@ -158,15 +160,12 @@ class MultiStepRuns:
             output += horizon.tokens(index, first_step, stop_step)
             served[proc.tenant] = served.get(proc.tenant, 0) + num
             proc.token_times += times
-            if -(-computed // block_size) > kv.table_len(proc.pid):
-                # The blocks these steps wrote into, taken now (lookahead_steps checked they are free).
-                allocation = kv.allocate(proc.pid, proc.tokens, computed, self._salt_of(proc.tenant))
-                if allocation is None:
-                    raise RuntimeError(f"pid {proc.pid}: no KV block for a multi-step run that was checked to fit")
-                if allocation.blocks_to_zero:
-                    self._ops.append(("zero_blocks", {"blocks": allocation.blocks_to_zero}, None))
-            if computed // block_size > before // block_size:
-                kv.commit_full_blocks(proc.pid, proc.tokens, computed)
+            # Blocks to take (at a step's plan) and to cache (once a step filled them), by the
+            # step relative to this segment; run below in a one-step loop's order.
+            for position in range(-(-before // block_size) * block_size, computed, block_size):
+                blocks.append((position - before, 0, len(blocks), proc, position + 1))
+            for end in range((before // block_size + 1) * block_size, computed + 1, block_size):
+                blocks.append((end - 1 - before, 1, len(blocks), proc, end))
             proc.notify()
             if proc.stop_ids and output[-1] in proc.stop_ids:
                 ending.append((proc, ExitStatus(ExitReason.STOP, message="sampled a stop token"), ended_at))
@@ -174,10 +173,21 @@ class MultiStepRuns:
                 ending.append((proc, ExitStatus(ExitReason.LENGTH, message=f"reached max_tokens={proc.max_tokens}"), ended_at))
             elif proc.pending_term and stop_step == horizon.num_steps:
                 ending.append((proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"), None))
-        # Exits free their blocks after every block of these steps was taken, as in a one-step
-        # loop, where a step's blocks are taken when it is planned and exits come after it ran:
-        # a partial block freed earlier would be taken instead of evicting a cached one, and
-        # later prefix hits would differ.
+        # The pool's state must evolve as in a one-step loop, or which cached blocks get evicted,
+        # and so later prefix hits, would differ: at each step every sequence's new block is
+        # taken (the step's plan), then every block the step filled is cached (its apply), in
+        # batch order; exits free their blocks after the segment's last step.
+        blocks.sort(key=itemgetter(0, 1, 2))
+        for _, cache, _, proc, num_tokens in blocks:
+            if cache:
+                kv.commit_full_blocks(proc.pid, proc.tokens, num_tokens)
+            elif -(-num_tokens // block_size) > kv.table_len(proc.pid):
+                # lookahead_steps checked that the run's blocks are free.
+                allocation = kv.allocate(proc.pid, proc.tokens, num_tokens, self._salt_of(proc.tenant))
+                if allocation is None:
+                    raise RuntimeError(f"pid {proc.pid}: no KV block for a multi-step run that was checked to fit")
+                if allocation.blocks_to_zero:
+                    self._ops.append(("zero_blocks", {"blocks": allocation.blocks_to_zero}, None))
         for proc, status, at in ending:
             self.finish(proc, status, at)
         self._charge(served, ended_at)
@@ -190,6 +200,10 @@ class MultiStepRuns:
             # A multi-step run would not stop when a tenant's bucket runs dry or its processes
             # grow past its KV quota: with either configured, plan one step at a time (exact,
             # at the cost of multi-step).
+            return None
+        if self._ready and self.kv.enable_prefix_cache and any(len(c.token_ids) > 1 for c in batch.seqs):
+            # This step ends a prompt and caches its blocks: a waiting process that shares them
+            # may fit at the next step through the prefix cache, though it did not fit now.
             return None
         limit = min(self.config.max_steps, self.driver_max_steps, self._horizon_budget)
         seq_steps = lookahead_steps(self._chosen, batch, self.kv, limit, len(self._running),

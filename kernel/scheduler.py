@@ -226,6 +226,10 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
         self._table.exit(proc, status, at)
         if was_alive:
             self.policy.on_exit(proc, self._clock() if at is None else at)  # exactly once: srpt learns its length
+            if self._ready:
+                # Its blocks are free: plan again, even if this plan (which may be the one that
+                # ended it, with ENOMEM) has nothing to run; otherwise the waiting sleep forever.
+                self._wake()
 
     def meminfo(self) -> dict[str, Any]:
         """The device's memory figures plus its preemption counters."""

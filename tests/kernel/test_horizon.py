@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import trio
 import trio.testing
 from sim_fixtures import sim_config
 
+from llmos.drivers.sim import sim_tokens
 from llmos.kernel.kernel import open_kernel
 from llmos.userland import libllm
 
@@ -157,3 +159,39 @@ def test_random_overloads_give_identical_schedules(seed, policy, residency, pree
         preemption=preemption, min_residency_steps=residency)
     assert one == multi
     assert preemptions_one == preemptions_multi
+
+
+def test_a_waiting_process_that_shares_a_prompt_just_cached_enters_at_the_next_step():
+    # b's prefill caches its prompt blocks; c, with the same prompt, did not fit before them but
+    # fits after through the prefix cache: a run planned over that step would keep it waiting.
+    async def scenario(kernel, llm):
+        a = await llm.spawn(prompt_ids=[5] * 13, max_tokens=40, seed=1, ignore_eos=True)
+        await trio.sleep(0.002)
+        b = await llm.spawn(prompt_ids=[7] * 7, max_tokens=20, seed=2, ignore_eos=True)
+        c = await llm.spawn(prompt_ids=[7] * 7, max_tokens=20, seed=3, ignore_eos=True)
+        await trio.sleep(10)
+        return timed_outputs(kernel, [a, b, c]), kernel.table.procs[c].acct.prefix_cache_hits
+
+    (one, hits_one), (multi, hits_multi), _ = run_twice(scenario, policy="fcfs", kv_blocks=7, max_seqs=8)
+    assert one == multi and hits_one == hits_multi > 0
+
+
+def test_blocks_are_taken_and_cached_in_a_one_step_loops_order_inside_a_run():
+    # 4 blocks of 4 tokens. Inside one run, c fills and caches a block whose content the
+    # cache already holds in an evictable block, while e's growth evicts a block: a one-step
+    # loop takes e's block (at the step's plan) before it caches c's (at its apply), and d's
+    # prefix hits later depend on which hash survived.
+    first = sim_tokens(np.array([0]), np.arange(1), 32000).tolist()[0]
+
+    async def scenario(kernel, llm):
+        p0 = await llm.spawn(prompt_ids=[7] * 3, max_tokens=2, seed=0, ignore_eos=True)
+        await trio.sleep(0.006)
+        c = await llm.spawn(prompt_ids=[7] * 3, max_tokens=3, seed=0, ignore_eos=True)
+        e = await llm.spawn(prompt_ids=[9] * 8, max_tokens=3, seed=5, ignore_eos=True)
+        await trio.sleep(0.05)
+        d = await llm.spawn(prompt_ids=[7, 7, 7, first, 1], max_tokens=3, seed=9, ignore_eos=True)
+        await trio.sleep(10)
+        return timed_outputs(kernel, [p0, c, e, d]), kernel.table.procs[d].acct.prefix_cache_hits
+
+    (one, hits_one), (multi, hits_multi), _ = run_twice(scenario, policy="fcfs", kv_blocks=4, max_seqs=8)
+    assert one == multi and hits_one == hits_multi

@@ -126,3 +126,31 @@ async def test_a_prompt_chunk_of_one_token_is_not_taken_for_a_decode(autojump_cl
         await llm.read(prompter)
         assert scheduler.stats.num_steps - before >= 7  # one prompt token a step, then the sample
         assert len((await llm.wait(prompter)).output_ids) == 5
+
+
+async def test_a_process_ended_with_enomem_while_planning_lets_the_waiting_in(autojump_clock):
+    # The nice-10 process outgrows the 4-block pool after admission closed for the other one:
+    # its ENOMEM frees every block, the plan has nothing to run, and the device slept forever.
+    config = sim_config(policy="priority", kv_blocks=4, block_size=4, max_seqs=1, max_batch_tokens=64)
+    async with open_kernel(config) as kernel, libllm.open_client(kernel, uid=0) as llm:
+        grower = await llm.spawn(prompt_ids=[5] * 4, max_tokens=100, nice=10, ignore_eos=True)
+        await trio.sleep(0.02)
+        waiter = await llm.spawn(prompt_ids=[6] * 14, max_tokens=2, ignore_eos=True)
+        with trio.fail_after(600):
+            assert (await llm.wait(grower)).exit["errno"] == "ENOMEM"
+            assert (await llm.wait(waiter)).finish_reason == "length"
+
+
+@pytest.mark.parametrize(("preemption", "residency"), [("swap", 0), ("auto", 0), ("swap", 64)])
+async def test_swapped_processes_never_hold_the_pool_while_they_wait(autojump_clock, preemption, residency):
+    # A swapped process was swapped back in, then did not get its next block and kept what it
+    # had while waiting; two of them held all 5 blocks with nobody running, for good.
+    config = sim_config(policy="fcfs", kv_blocks=5, block_size=4, preemption=preemption, min_residency_steps=residency)
+    async with open_kernel(config) as kernel, libllm.open_client(kernel, uid=0) as llm:
+        start, pids = trio.current_time(), []
+        for i, (at, prompt_len, max_tokens) in enumerate([(0, 4, 10), (0.01, 4, 8), (0.03, 8, 2)]):
+            await trio.sleep_until(start + at)
+            pids.append(await llm.spawn(prompt_ids=[7 + i] * prompt_len, max_tokens=max_tokens, seed=i, ignore_eos=True))
+        with trio.fail_after(600):
+            for pid in pids:
+                assert (await llm.wait(pid)).finish_reason == "length"
