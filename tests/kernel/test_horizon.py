@@ -161,18 +161,31 @@ def test_random_overloads_give_identical_schedules(seed, policy, residency, pree
     assert preemptions_one == preemptions_multi
 
 
+async def spawn_script(llm, script):
+    """Spawn ``(wait_s, prompt_ids, max_tokens, seed)`` in order, sleeping ``wait_s`` before each."""
+    pids = []
+    for wait_s, prompt_ids, max_tokens, seed in script:
+        await trio.sleep(wait_s)
+        pids.append(await llm.spawn(prompt_ids=prompt_ids, max_tokens=max_tokens, seed=seed, ignore_eos=True))
+    return pids
+
+
+def run_script_twice(script, watched, **overrides):
+    """``run_twice`` of ``script`` (see spawn_script): every output, and process ``watched``'s prefix hits."""
+    async def scenario(kernel, llm):
+        pids = await spawn_script(llm, script)
+        await trio.sleep(10)
+        return timed_outputs(kernel, pids), kernel.table.procs[pids[watched]].acct.prefix_cache_hits
+
+    (one, hits_one), (multi, hits_multi), _ = run_twice(scenario, **overrides)
+    return one, multi, hits_one, hits_multi
+
+
 def test_a_waiting_process_that_shares_a_prompt_just_cached_enters_at_the_next_step():
     # b's prefill caches its prompt blocks; c, with the same prompt, did not fit before them but
     # fits after through the prefix cache: a run planned over that step would keep it waiting.
-    async def scenario(kernel, llm):
-        a = await llm.spawn(prompt_ids=[5] * 13, max_tokens=40, seed=1, ignore_eos=True)
-        await trio.sleep(0.002)
-        b = await llm.spawn(prompt_ids=[7] * 7, max_tokens=20, seed=2, ignore_eos=True)
-        c = await llm.spawn(prompt_ids=[7] * 7, max_tokens=20, seed=3, ignore_eos=True)
-        await trio.sleep(10)
-        return timed_outputs(kernel, [a, b, c]), kernel.table.procs[c].acct.prefix_cache_hits
-
-    (one, hits_one), (multi, hits_multi), _ = run_twice(scenario, policy="fcfs", kv_blocks=7, max_seqs=8)
+    script = [(0, [5] * 13, 40, 1), (0.002, [7] * 7, 20, 2), (0, [7] * 7, 20, 3)]
+    one, multi, hits_one, hits_multi = run_script_twice(script, 2, policy="fcfs", kv_blocks=7, max_seqs=8)
     assert one == multi and hits_one == hits_multi > 0
 
 
@@ -182,16 +195,6 @@ def test_blocks_are_taken_and_cached_in_a_one_step_loops_order_inside_a_run():
     # loop takes e's block (at the step's plan) before it caches c's (at its apply), and d's
     # prefix hits later depend on which hash survived.
     first = sim_tokens(np.array([0]), np.arange(1), 32000).tolist()[0]
-
-    async def scenario(kernel, llm):
-        p0 = await llm.spawn(prompt_ids=[7] * 3, max_tokens=2, seed=0, ignore_eos=True)
-        await trio.sleep(0.006)
-        c = await llm.spawn(prompt_ids=[7] * 3, max_tokens=3, seed=0, ignore_eos=True)
-        e = await llm.spawn(prompt_ids=[9] * 8, max_tokens=3, seed=5, ignore_eos=True)
-        await trio.sleep(0.05)
-        d = await llm.spawn(prompt_ids=[7, 7, 7, first, 1], max_tokens=3, seed=9, ignore_eos=True)
-        await trio.sleep(10)
-        return timed_outputs(kernel, [p0, c, e, d]), kernel.table.procs[d].acct.prefix_cache_hits
-
-    (one, hits_one), (multi, hits_multi), _ = run_twice(scenario, policy="fcfs", kv_blocks=4, max_seqs=8)
+    script = [(0, [7] * 3, 2, 0), (0.006, [7] * 3, 3, 0), (0, [9] * 8, 3, 5), (0.05, [7, 7, 7, first, 1], 3, 9)]
+    one, multi, hits_one, hits_multi = run_script_twice(script, 3, policy="fcfs", kv_blocks=4, max_seqs=8)
     assert one == multi and hits_one == hits_multi
