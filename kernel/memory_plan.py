@@ -102,7 +102,7 @@ class MemoryPlanning:
                 self._ops.append(("swap_in", {"blocks": [d for _, d in pairs], "handle": handle}, proc.pid))
         salt = self._salt_of(proc.tenant)
         first = not self.kv.table(proc.pid)
-        start = max(proc.num_computed, self.kv.cached_prefix(proc.tokens, salt) if first else 0)
+        start = self._admission_start(proc)
         num_tokens = start + min(proc.num_tokens - start, budget)
         allocation = self.kv.allocate(proc.pid, proc.tokens, num_tokens, salt, reserve=reserve)
         while allocation is None:
@@ -126,6 +126,13 @@ class MemoryPlanning:
         if proc.started_at is None:
             proc.started_at = self._clock()
         return min(proc.num_tokens - proc.num_computed, budget)
+
+    def _admission_start(self, proc: Process) -> int:
+        """Where an admission's chunk starts: after what ``proc`` computed, or after its cached
+        prefix on a first allocation (the prefix cache computes those tokens for it)."""
+        if self.kv.table(proc.pid):
+            return proc.num_computed
+        return max(proc.num_computed, self.kv.cached_prefix(proc.tokens, self._salt_of(proc.tenant)))
 
     def _evict_for_admission(self, proc: Process, num_blocks: int) -> bool:
         """Free memory for waiting ``proc``: stopped processes' blocks, else the lowest-ranked

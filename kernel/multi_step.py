@@ -150,7 +150,12 @@ class MultiStepRuns:
         for index in in_run:
             proc = horizon.procs[index]
             if proc.state is not running:
-                continue  # ended, or stopped and forgotten: its tokens of these steps are dropped
+                # Ended, or stopped (and perhaps continued) during this segment's first step:
+                # its tokens are dropped, but a stopped process keeps the block that step's
+                # plan took for it in a one-step loop.
+                if proc.state is not ProcState.ZOMBIE and kv.table_len(proc.pid):
+                    blocks.append((0, 0, len(blocks), proc, proc.num_computed + 1))
+                continue
             acct = proc.acct
             acct.time_running_s += elapsed
             acct.num_steps += num

@@ -198,3 +198,23 @@ def test_blocks_are_taken_and_cached_in_a_one_step_loops_order_inside_a_run():
     script = [(0, [7] * 3, 2, 0), (0.006, [7] * 3, 3, 0), (0, [9] * 8, 3, 5), (0.05, [7, 7, 7, first, 1], 3, 9)]
     one, multi, hits_one, hits_multi = run_script_twice(script, 3, policy="fcfs", kv_blocks=4, max_seqs=8)
     assert one == multi and hits_one == hits_multi
+
+
+def test_a_process_stopped_in_the_step_that_takes_its_next_block_keeps_that_block():
+    # A is stopped inside its first decode step, the one that takes its 3rd block: a one-step
+    # loop took that block when it planned the step, and the stopped A keeps it, which decides
+    # whether the processes after it fit beside it or A is recomputed when continued.
+    async def scenario(kernel, llm):
+        a = await llm.spawn(prompt_ids=[5] * 8, max_tokens=6, seed=1, ignore_eos=True)
+        await trio.sleep(0.008)
+        await llm.kill(a, "SIGSTOP")
+        b = await llm.spawn(prompt_ids=[6] * 15, max_tokens=2, seed=2, ignore_eos=True)
+        await llm.wait(b)
+        c = await llm.spawn(prompt_ids=[7] * 15, max_tokens=2, seed=3, ignore_eos=True)
+        await trio.sleep(0.001)
+        await llm.kill(a, "SIGCONT")
+        await trio.sleep(5)
+        return timed_outputs(kernel, [a, c]), kernel.table.procs[a].acct.num_recomputed_tokens
+
+    (one, recomputed_one), (multi, recomputed_multi), _ = run_twice(scenario, policy="fcfs", kv_blocks=6)
+    assert one == multi and recomputed_one == recomputed_multi > 0

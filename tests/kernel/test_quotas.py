@@ -258,3 +258,16 @@ async def test_within_a_kv_quota_the_more_important_process_grows_and_the_lesser
     assert first.stat["accounting"]["num_preemptions"] == 0
     assert second.stat["accounting"]["num_preemptions"] >= 1
     assert first.stat["finished_at"] < second.stat["finished_at"]
+
+
+async def test_a_prompt_over_the_kv_quota_ends_with_enomem_even_when_its_prefix_is_cached(autojump_clock, tmp_path):
+    # 8 tokens a step: the admission check sized the first chunk from position 0, but the chunk
+    # starts after the 12 cached tokens, so the 5-block prompt ran under a 4-block quota.
+    async with open_system(tmp_path, kv_blocks=64, max_batch_tokens=8) as (kernel, root):  # blocks of 4 tokens
+        await root.quota_set("alice", kv_blocks=4)
+        async with libllm.open_client(kernel, uid=1000, tenant="alice") as alice:
+            first = await alice.spawn(prompt_ids=[1] * 13, max_tokens=2, ignore_eos=True)
+            assert (await alice.wait(first)).exit["reason"] == "length"
+            second = await alice.spawn(prompt_ids=[1] * 12 + [2] * 8, max_tokens=1, ignore_eos=True)
+            result = await alice.wait(second)
+    assert result.exit["errno"] == "ENOMEM" and "quota of 4" in result.exit["message"]
