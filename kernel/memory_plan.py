@@ -91,8 +91,9 @@ class MemoryPlanning:
                 # same, hold the whole pool with nobody running.
                 slots = len(self.kv.swap_slots(proc.pid))
                 needed = max(slots, self.kv.blocks_for(proc.num_computed + min(proc.num_tokens - proc.num_computed, budget)))
-                if not self.kv.can_allocate(slots, reserve):
-                    return None  # it waits for its own blocks without evicting anyone
+                while not self.kv.can_allocate(slots, reserve):
+                    if not self._reclaim_stopped(slots):
+                        return None  # it waits for its own blocks, evicting no running process
                 while not self.kv.can_allocate(needed, reserve):
                     if not self._evict_for_admission(proc, needed):
                         return None

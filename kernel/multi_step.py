@@ -123,8 +123,10 @@ class MultiStepRuns:
                 begin = end
         else:
             for step in range(horizon.num_applied, num_steps):
-                live = [p for p in horizon.procs if p.state is ProcState.RUNNING]
-                self.policy.on_step(horizon.procs, {p.pid: 1 for p in live}, horizon.ends[step])
+                # Every process in the step, as apply() shows a one-step loop's (a stopped one
+                # included: it was served; policies skip those that ended).
+                in_step = [p for p, n in zip(horizon.procs, horizon.seq_steps, strict=True) if n > step]
+                self.policy.on_step(in_step, {p.pid: 1 for p in in_step}, horizon.ends[step])
                 self._apply_decodes(horizon, step, step + 1)
         horizon.num_applied = num_steps
 
@@ -150,12 +152,18 @@ class MultiStepRuns:
         for index in in_run:
             proc = horizon.procs[index]
             if proc.state is not running:
-                # Ended, or stopped (and perhaps continued) during this segment's first step:
-                # its tokens are dropped, but a stopped process keeps the block that step's
-                # plan took for it in a one-step loop.
-                if proc.state is not ProcState.ZOMBIE and kv.table_len(proc.pid):
-                    blocks.append((0, 0, len(blocks), proc, proc.num_computed + 1))
-                continue
+                if proc.state is ProcState.ZOMBIE or not kv.table_len(proc.pid):
+                    continue  # ended: its tokens of these steps are dropped
+                if proc.state is ProcState.STOPPED:
+                    # Stopped during this segment's first step (the stop cut the run there). As
+                    # apply() in a one-step loop: the step's plan took its block, the step's
+                    # work is cached, and its token is dropped (drawn again after SIGCONT).
+                    position = proc.num_computed
+                    blocks.append((0, 0, len(blocks), proc, position + 1))
+                    if (position + 1) % block_size == 0:
+                        blocks.append((0, 1, len(blocks), proc, position + 1))
+                    continue
+                # Stopped and continued within the step: apply() keeps its token, and so do we.
             acct = proc.acct
             acct.time_running_s += elapsed
             acct.num_steps += num

@@ -166,6 +166,7 @@ async def sys_fork(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str,
     if k.caps.enabled and parent.alive:
         # Forking runs the parent's model again: its model capability must still hold.
         await k.caps.check(parent, parent.caps.get("model", ""), "model", "fork")
+    _settle(k, parent)
     _check_fork(k, parent, n)
     pids = [k.table.allocate_pid() for _ in range(n)]
     caps: list[dict[str, str]] = [{} for _ in pids]
@@ -178,12 +179,21 @@ async def sys_fork(k: Kernel, caller: Session, raw: dict[str, Any]) -> dict[str,
             for pid in pids:
                 k.caps.forget(pid)
             raise
-    # Built after the awaits: a child starts from what its parent has *now*, as its KV does.
+    # Built after the awaits, from the parent's state *now*, with the steps of a multi-step run
+    # that have ended applied: a child's tokens and its KV (shared when it is queued) must agree.
+    _settle(k, parent)
     children = [_fork_child(k, parent, index, pid, caps[index]) for index, pid in enumerate(pids)]
     for child in children:
         k.table.add(child)
     k.devices[parent.device].scheduler.fork(parent, children)  # shares the parent's KV blocks copy-on-write
     return {"pids": [c.pid for c in children], "caps": [c.caps for c in children] if k.caps.enabled else None}
+
+
+def _settle(k: Kernel, proc: Process) -> None:
+    """Apply the steps of a multi-step run on ``proc``'s device that have ended by now."""
+    device = k.devices.get(proc.device)
+    if device is not None:
+        device.scheduler.settle()
 
 
 def _check_fork(k: Kernel, parent: Process, n: int) -> None:

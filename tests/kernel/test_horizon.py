@@ -17,6 +17,7 @@ from sim_fixtures import sim_config
 
 from llmos.drivers.sim import sim_tokens
 from llmos.kernel.kernel import open_kernel
+from llmos.kernel.process import ExitReason
 from llmos.userland import libllm
 
 
@@ -218,3 +219,50 @@ def test_a_process_stopped_in_the_step_that_takes_its_next_block_keeps_that_bloc
 
     (one, recomputed_one), (multi, recomputed_multi), _ = run_twice(scenario, policy="fcfs", kv_blocks=6)
     assert one == multi and recomputed_one == recomputed_multi > 0
+
+
+def test_a_fork_inside_a_run_starts_the_child_from_the_steps_that_have_ended():
+    # The children were built from the parent's tokens before the run's ended steps were
+    # applied, and their KV after: a child had nothing left to compute, and the driver refused
+    # the step, ending parent and child with EINVAL.
+    async def scenario(kernel, llm):
+        parent = await llm.spawn(prompt_ids=[7] * 3, max_tokens=30, seed=1, ignore_eos=True)
+        await trio.sleep(0.05)
+        children = await llm.fork(parent, 2)
+        await trio.sleep(5)
+        return timed_outputs(kernel, [parent, *children])
+
+    one, multi, _ = run_twice(scenario)
+    assert one == multi
+    assert all(reason is ExitReason.LENGTH for _, _, reason, _ in multi.values())
+
+
+@pytest.mark.parametrize("stop_at", [0.00522, 0.01077, 0.01151])
+@pytest.mark.parametrize("how", ["stop", "stop-and-continue", "rr"])
+def test_signals_inside_a_later_step_of_a_run_give_identical_schedules(stop_at, how):
+    # Inside step k >= 1 of a run: a stopped process still caches the block that step filled
+    # (a continuation then hits it); one stopped and continued within the step keeps its token;
+    # and a stateful policy (rr) counts the stopped one as served in that step. Each differed.
+    shared = sim_tokens(np.array([1]), np.arange(64), 32000).tolist()
+
+    async def scenario(kernel, llm):
+        a = await llm.spawn(prompt_ids=[5] * 6, max_tokens=40, seed=1, ignore_eos=True)
+        others = [await llm.spawn(prompt_ids=[6] * 6, max_tokens=40, seed=2, ignore_eos=True)] if how == "rr" else []
+        await trio.sleep(stop_at)
+        await llm.kill(a, "SIGSTOP")
+        if how == "stop":
+            done = len(kernel.table.procs[a].output_ids)
+            others.append(await llm.spawn(prompt_ids=[5] * 6 + shared[: done + 1] + [9] * 4, max_tokens=2, seed=1,
+                                          ignore_eos=True))
+            await trio.sleep(1)
+        elif how == "rr":
+            others.append(await llm.spawn(prompt_ids=[7] * 6, max_tokens=40, seed=3, ignore_eos=True))
+            await trio.sleep(0.05)
+        await llm.kill(a, "SIGCONT")
+        await trio.sleep(3)
+        pids = [a, *others]
+        return timed_outputs(kernel, pids), [kernel.table.procs[p].acct.prefix_cache_hits for p in pids]
+
+    overrides = {"policy": "rr", "max_seqs": 2} if how == "rr" else {"policy": "fcfs"}
+    (one, hits_one), (multi, hits_multi), _ = run_twice(scenario, kv_blocks=64, **overrides)
+    assert one == multi and hits_one == hits_multi

@@ -154,3 +154,19 @@ async def test_swapped_processes_never_hold_the_pool_while_they_wait(autojump_cl
         with trio.fail_after(600):
             for pid in pids:
                 assert (await llm.wait(pid)).finish_reason == "length"
+
+
+async def test_a_swapped_process_takes_a_stopped_ones_blocks_to_come_back(autojump_clock):
+    # b (nice 5) is swapped out for a; a is then stopped holding most of the pool. b's swap-in
+    # did not fit and waited without reclaiming the stopped process's blocks, as admissions do.
+    config = sim_config(policy="priority", kv_blocks=12, preemption="swap", min_residency_steps=0)
+    async with open_kernel(config) as kernel, libllm.open_client(kernel, uid=0) as llm:
+        b = await llm.spawn(prompt_ids=[6] * 20, max_tokens=20, seed=2, ignore_eos=True, nice=5)
+        await trio.sleep(0.02)
+        a = await llm.spawn(prompt_ids=[5] * 24, max_tokens=60, seed=1, ignore_eos=True)
+        with trio.fail_after(1):
+            while kernel.table.procs[b].state is not ProcState.SWAPPED:
+                await trio.sleep(0.005)
+        await llm.kill(a, "SIGSTOP")
+        with trio.fail_after(20):
+            assert (await llm.wait(b)).finish_reason == "length"
