@@ -287,6 +287,15 @@ class MemoryPlanning:
         room = self.limiter.kv_room(proc.tenant) if self.limiter is not None else None
         return room is not None and more > room
 
+    def _fits_kv_quota(self, proc: Process, num_tokens: int) -> bool:
+        """Whether covering ``num_tokens`` keeps ``proc``'s tenant within its KV quota, once the
+        tenant's stopped processes have given back their blocks if they must (they recompute
+        on SIGCONT), as they do for a growing process (``_keep_kv_quota``)."""
+        while self._over_kv_quota(proc, num_tokens):
+            if not self._reclaim_stopped(self.kv.blocks_for(num_tokens), tenant=proc.tenant):
+                return False
+        return True
+
     def _end_if_over_quota(self, proc: Process) -> bool:
         """End ``proc`` with ENOMEM if its whole sequence needs more blocks than its tenant's quota."""
         quota = self.limiter.kv_quota(proc.tenant) if self.limiter is not None else None

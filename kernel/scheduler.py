@@ -437,7 +437,7 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
                 if not grown:
                     continue
             elif admitting:
-                if kv_limited and (proc.tenant in quota_full or self._over_kv_quota(
+                if kv_limited and (proc.tenant in quota_full or not self._fits_kv_quota(
                         proc, min(proc.num_tokens, self._admission_start(proc) + budget))):
                     # Its tenant is at its KV-block quota: it and the tenant's later arrivals
                     # wait (other tenants may still enter), unless it could never fit.

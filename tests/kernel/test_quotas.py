@@ -271,3 +271,18 @@ async def test_a_prompt_over_the_kv_quota_ends_with_enomem_even_when_its_prefix_
             second = await alice.spawn(prompt_ids=[1] * 12 + [2] * 8, max_tokens=1, ignore_eos=True)
             result = await alice.wait(second)
     assert result.exit["errno"] == "ENOMEM" and "quota of 4" in result.exit["message"]
+
+
+async def test_a_stopped_process_gives_its_blocks_back_to_its_tenants_new_ones(autojump_clock, tmp_path):
+    # alice's stopped process holds 3 of her 4 blocks: her next process waited for them forever.
+    async with open_system(tmp_path, kv_blocks=64) as (kernel, root):  # blocks of 4 tokens
+        await root.quota_set("alice", kv_blocks=4)
+        async with libllm.open_client(kernel, uid=1000, tenant="alice") as alice:
+            stopped = await alice.spawn(prompt_ids=[1] * 10, max_tokens=4, ignore_eos=True)
+            await alice.read(stopped)
+            await alice.kill(stopped, "SIGSTOP")
+            newcomer = await alice.spawn(prompt_ids=[2] * 10, max_tokens=2, ignore_eos=True)
+            with trio.fail_after(30):
+                assert (await alice.wait(newcomer)).exit["reason"] == "length"
+            await alice.kill(stopped, "SIGCONT")
+            assert (await alice.wait(stopped)).exit["reason"] == "length"  # recomputed, then done
