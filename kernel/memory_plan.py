@@ -290,7 +290,8 @@ class MemoryPlanning:
     def _fits_kv_quota(self, proc: Process, num_tokens: int) -> bool:
         """Whether covering ``num_tokens`` keeps ``proc``'s tenant within its KV quota, once the
         tenant's stopped processes have given back their blocks if they must (they recompute
-        on SIGCONT), as they do for a growing process (``_keep_kv_quota``)."""
+        on SIGCONT). Admissions ask this; a growing process also evicts lesser siblings
+        (``_keep_kv_quota``)."""
         while self._over_kv_quota(proc, num_tokens):
             if not self._reclaim_stopped(self.kv.blocks_for(num_tokens), tenant=proc.tenant):
                 return False
@@ -310,9 +311,7 @@ class MemoryPlanning:
         """Make room within ``proc``'s tenant's KV quota to cover ``num_tokens``, like memory.max:
         preempt the tenant's own lower-ranked processes. False if ``proc`` had to wait instead
         (preempted) or end (it alone needs more than the quota)."""
-        while self._over_kv_quota(proc, num_tokens):
-            if self._reclaim_stopped(self.kv.blocks_for(num_tokens), tenant=proc.tenant):
-                continue  # the tenant's stopped processes give back their blocks first
+        while not self._fits_kv_quota(proc, num_tokens):  # the tenant's stopped processes give back first
             mine = self._rank.get(proc.pid, len(self._rank))
             siblings = [p for p in self._running if p.tenant == proc.tenant and p is not proc
                         and self._rank.get(p.pid, len(self._rank)) > mine]
