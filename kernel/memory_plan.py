@@ -51,7 +51,6 @@ class MemoryPlanning:
     _preempted_now: set[int]
     _chosen: list[Process]
     _chunks: list[SeqChunk]
-    _returned_budget: int
     _rank: dict[int, int]
     _throttled: set[int]
     _clock: Callable[[], float]
@@ -208,11 +207,11 @@ class MemoryPlanning:
         if choose_swap(self.config.preemption, len(table), bytes_per_block, proc.num_computed, tokens_per_s):
             pairs = self.kv.swap_out(proc.pid)  # None if the swap space is full: recompute instead
         if proc in self._chosen:
-            # Planned earlier in this step (decodes are planned first): out of the batch again,
-            # its tokens back in the step's budget.
+            # Planned earlier in this step (decodes are planned first): out of the batch again
+            # (the planner gives its tokens back to the step's budget, ``_budget_left``).
             index = self._chosen.index(proc)
             del self._chosen[index]
-            self._returned_budget += len(self._chunks.pop(index).token_ids)
+            del self._chunks[index]
         proc.acct.num_preemptions += 1
         self.stats.num_preemptions += 1
         self._running.remove(proc)

@@ -149,7 +149,6 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
         self._preempted_now: set[int] = set()  # victims of the plan being built: not re-admitted in it
         self._chosen: list[Process] = []  # processes in the batch being built, in order
         self._chunks: list[SeqChunk] = []  # their chunks
-        self._returned_budget = 0  # tokens of chunks taken back out of the batch being built
         self._rank: dict[int, int] = {}  # pid -> position in this plan's ranking
         self._in_flight: set[int] = set()  # pids in the step now on the device
         self._work = trio.Event()
@@ -383,7 +382,6 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
         chunks: list[SeqChunk] = []
         self._chunks = chunks
         self._chosen = []
-        self._returned_budget = 0
         self._preempted_now = set()
         ranked = self.policy.rank(self._running + self._ready, now)
         self._rank = {p.pid: i for i, p in enumerate(ranked)}
@@ -432,8 +430,9 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
                     self._chosen.append(proc)
                     budget -= 1
                     continue
+                planned = len(chunks)
                 grown = self._make_room(proc, num_new)
-                budget += self._take_returned_budget()
+                budget = self._budget_left(budget, planned)
                 if not grown:
                     continue
             elif admitting:
@@ -445,8 +444,9 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
                         quota_full.add(proc.tenant)
                         self._end_if_over_quota(proc)
                     continue
+                planned = len(chunks)
                 admitted = self._admit(proc, budget)
-                budget += self._take_returned_budget()
+                budget = self._budget_left(budget, planned)
                 if admitted is None:
                     admitting = False  # later arrivals do not jump the head of the line
                     continue
@@ -570,10 +570,12 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
             sampling=SamplingParams(s.temperature, s.top_k, s.top_p, s.seed, len(proc.output_ids)),
         )
 
-    def _take_returned_budget(self) -> int:
-        """The token budget of planned chunks whose processes were preempted since last asked."""
-        returned, self._returned_budget = self._returned_budget, 0
-        return returned
+    def _budget_left(self, budget: int, planned: int) -> int:
+        """The step's token budget after a memory call that may have preempted processes already
+        planned into it (their chunks left the batch): ``planned`` is how many chunks it had."""
+        if len(self._chunks) == planned:
+            return budget
+        return self.config.max_batch_tokens - sum(len(c.token_ids) for c in self._chunks)
 
     def _forget(self, proc: Process) -> None:
         self._admitted_at.pop(proc.pid, None)
