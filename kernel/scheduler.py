@@ -411,7 +411,8 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
         for proc in order:
             if len(chunks) >= self.config.max_seqs or budget <= 0:
                 break
-            if proc.state is ProcState.RUNNING:
+            is_running = proc.state is running
+            if is_running:
                 unvisited_running -= 1
             elif not admitting and unvisited_running <= 0 and limiter is None:
                 break  # only waiting processes are left, and admission has closed: an overloaded
@@ -421,7 +422,7 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
             if limiter is not None and (ready_at := limiter.allows(proc.tenant, now)) is not None:
                 self._throttled_until = min(self._throttled_until, ready_at)
                 continue  # its tenant is over its token rate: it keeps its place and its blocks
-            if proc.state is ProcState.RUNNING:
+            if is_running:
                 left = proc.num_tokens - proc.num_computed
                 num_new = min(left, budget)
                 if left == 1 and kv.can_write_in_place(proc.pid, proc.num_computed):
