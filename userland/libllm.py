@@ -21,12 +21,9 @@ Every failed syscall raises an ``LLMOSError`` subclass named after its errno (``
 from __future__ import annotations
 
 import os
-import queue
-import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import trio
@@ -35,6 +32,7 @@ from llmos.kernel.errors import KernelError
 from llmos.kernel.rpc import RpcClient, open_rpc_client
 from llmos.kernel.streams import FramedMessageStream
 
+from .blocking_rpc import BlockingRpc
 from .errors import *  # noqa: F403  (re-export: libllm.ESRCH, libllm.LLMOSError, ...)
 from .errors import LLMOSError, from_kernel_error
 
@@ -246,27 +244,23 @@ async def open_client(
 class SyncClient:
     """A blocking client: every ``Client`` method, called without ``await``.
 
-    It runs a trio loop in a background thread; calls hop onto it and block until they return.
+    It speaks to the kernel over a plain blocking socket (``blocking_rpc.py``): no thread, no
+    event loop. One call at a time per connection; threads sharing one take turns.
     """
 
-    def __init__(self, target: Any = None, **options: Any) -> None:
-        ready: queue.Queue[Any] = queue.Queue()
-        self._thread = threading.Thread(target=trio.run, args=(self._main, target, options, ready), daemon=True)
-        self._thread.start()
-        outcome = ready.get()
-        if isinstance(outcome, BaseException):
-            raise outcome
-        self._token: trio.lowlevel.TrioToken = outcome[0]
-        self._client: Client = outcome[1]
-
-    async def _main(self, target: Any, options: dict[str, Any], ready: queue.Queue[Any]) -> None:
+    def __init__(self, target: str | os.PathLike[str] | None = None, *, token: str | None = None) -> None:
+        path = os.fspath(target or DEFAULT_SOCKET)
         try:
-            async with open_client(target, **options) as client:
-                self._done = trio.Event()
-                ready.put((trio.lowlevel.current_trio_token(), client))
-                await self._done.wait()
-        except BaseException as exc:  # report connect failures to the constructor
-            ready.put(exc)
+            self._rpc = BlockingRpc(path)
+        except KernelError as error:
+            raise from_kernel_error(error) from None
+        self._client = Client(self._rpc)  # type: ignore[arg-type]  # its calls are driven below
+        if token is not None:
+            try:
+                self.call("hello", token=token)
+            except BaseException:
+                self.close()
+                raise
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(Client, name, None)
@@ -274,10 +268,10 @@ class SyncClient:
             raise AttributeError(name)
 
         def blocking(*args: Any, **kwargs: Any) -> Any:
-            # trio.from_thread.run passes positional arguments only; bind keywords first.
-            return trio.from_thread.run(partial(getattr(self._client, name), *args, **kwargs), trio_token=self._token)
+            return self._rpc.drive(getattr(self._client, name)(*args, **kwargs))
 
         blocking.__doc__ = method.__doc__
+        self.__dict__[name] = blocking  # found directly from now on: __getattr__ runs once per name
         return blocking
 
     def stream(self, pid: int) -> Iterator[list[int]]:
@@ -292,10 +286,8 @@ class SyncClient:
                 return
 
     def close(self) -> None:
-        """Close the connection and stop the background thread."""
-        if self._thread.is_alive():
-            trio.from_thread.run_sync(self._done.set, trio_token=self._token)
-            self._thread.join()
+        """Close the connection; later calls raise EIO."""
+        self._rpc.close()
 
     def __enter__(self) -> SyncClient:
         return self

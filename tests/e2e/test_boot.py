@@ -151,6 +151,60 @@ def test_a_closed_connection_takes_its_processes_with_it(socket_path, client):
         time.sleep(0.01)
 
 
+class Interrupted(Exception):
+    """What the test's SIGINT handler raises in place of KeyboardInterrupt (which would end pytest)."""
+
+
+def test_an_interrupted_blocking_wait_is_cancelled_and_the_connection_goes_on(client):
+    # A stopped child makes the wait block for certain until the signal interrupts it.
+    pid = client.spawn(prompt_ids=[1, 2], max_tokens=60_000)
+    client.kill(pid, "SIGSTOP")
+    wait_for_state(client, pid, "STOPPED")
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(Interrupted):
+            client.wait(pid)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
+    # The kernel was told to cancel the wait: it did not reap the child behind our back, and its
+    # late reply (ECANCELED) is skipped, not taken for the next call's.
+    assert client.getpid()["pid"] > 0
+    assert client.stat(pid)["state"] == "STOPPED"
+    client.kill(pid, "SIGKILL")
+    assert client.wait(pid).exit["signal"] == "SIGKILL"
+
+
+def test_closing_a_blocking_connection_wakes_a_thread_blocked_on_it(socket_path):
+    llm = libllm.connect(socket_path)
+    pid = llm.spawn(prompt_ids=[1], max_tokens=60_000)
+    llm.kill(pid, "SIGSTOP")
+    offset = wait_for_state(llm, pid, "STOPPED")["generated_tokens"]
+    thread, outcome = call_in_thread(llm.read, pid, offset)
+    time.sleep(0.2)
+    assert thread.is_alive()
+    llm.close()
+    thread.join(5)
+    assert not thread.is_alive() and isinstance(outcome.get("error"), libllm.EIO), outcome
+    with pytest.raises(libllm.EIO):
+        llm.getpid()
+
+
+def test_a_blocking_connection_is_shared_by_threads_one_call_at_a_time(client):
+    pids = [client.spawn(prompt_ids=[1, 2, 3], max_tokens=n) for n in (4, 6, 8, 10)]
+    calls = [call_in_thread(client.wait, pid) for pid in pids]
+    for thread, _ in calls:
+        thread.join(10)
+    results = [outcome["result"] for _, outcome in calls]
+    assert [(r.pid, len(r.output_ids)) for r in results] == list(zip(pids, (4, 6, 8, 10), strict=True))
+
+
 # -- the llmos command ---------------------------------------------------------------------------
 
 
