@@ -12,7 +12,8 @@ ranking is static, all of them rank below the running ones and admission stopped
 memory or seats, which running processes only use up further), nobody reaches its ``max_tokens`` before the last step, and the pool has the
 free blocks all k steps need (so no step needs a preemption). The blocks themselves are taken
 as the steps are applied, in the order a one-step loop takes them, so which cached prefix
-blocks get evicted is the same too. Later steps therefore carry no block tables: only drivers
+blocks get evicted is the same too; an event inside a step (a kill, a fork, a sample of the
+pool) first takes the blocks of the step in progress, which a one-step loop took at its plan. Later steps therefore carry no block tables: only drivers
 without KV storage (sim, which takes batch shapes) run more than one step per call.
 
 Processes that reach their length inside the run leave it there when nobody waits at all: the
@@ -123,9 +124,14 @@ class Horizon:
         """Kept steps that have ended at ``now``."""
         return min(self.num_steps, bisect_left(self.ends, now + 1e-12))
 
+    def step_at(self, now: float) -> int:
+        """The step running at ``now``: the first whose end is not before it (an instant at a
+        step's end belongs to that step, as ``cut`` has it)."""
+        return bisect_left(self.ends, now)
+
     def cut(self, now: float) -> None:
         """An event at ``now``: keep the steps up to the one in progress, drop the rest."""
-        self.num_steps = min(self.num_steps, bisect_left(self.ends, now) + 1)
+        self.num_steps = min(self.num_steps, self.step_at(now) + 1)
 
     def _cut_at_stop_tokens(self) -> None:
         # A process that samples a stop token ends there, and the batch after it is smaller:

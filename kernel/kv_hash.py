@@ -57,22 +57,26 @@ def hash_blocks(parent: BlockHash | None, token_ids: Sequence[int], block_size: 
     packed = array("q", token_ids)
     if sys.byteorder != "little":
         packed.byteswap()
-    data = packed.tobytes()
+    data = memoryview(packed.tobytes())
     # What every block's bytes share after the parent: the salt and the block length.
     middle = b"".join((_LENGTH.pack(len(salt)), salt, _LENGTH.pack(block_size)))
     stride = 8 * block_size
     head = b"\x00" if parent is None else b"\x01" + parent
-    blake2b = hashlib.blake2b
     hashes = []
     offsets = range(0, len(data) - stride + 1, stride) if stride else (0,)  # size 0: one empty block
     for offset in offsets:
-        digest = blake2b(head + middle + data[offset : offset + stride], digest_size=HASH_BYTES, person=_PERSON).digest()
+        h = _BLANK.copy()  # copying a keyed-up state is cheaper than setting one up per block
+        h.update(head)
+        h.update(middle)
+        h.update(data[offset : offset + stride])
+        digest = h.digest()
         hashes.append(digest)
         head = b"\x01" + digest
     return hashes
 
 
 _LENGTH = struct.Struct("<Q")
+_BLANK = hashlib.blake2b(digest_size=HASH_BYTES, person=_PERSON)  # never updated: only copied
 
 
 def iter_block_hashes(

@@ -103,8 +103,33 @@ class MultiStepRuns:
         Signals and forks call this first, so that they act on the state a one-step loop
         would show at this instant.
         """
-        if self._horizon is not None:
-            self._settle(self._horizon, self._horizon.steps_done_by(self._clock()))
+        horizon = self._horizon
+        if horizon is None:
+            return
+        now = self._clock()
+        done = horizon.steps_done_by(now)
+        self._settle(horizon, done)
+        if 0 < done == horizon.step_at(now) < horizon.num_steps:
+            # Inside step `done`, whose plan a one-step loop has made: it took the step's new
+            # blocks then. Take them now too, so that what comes next (an exit freeing its
+            # blocks, a fork sharing them) sees the pool a one-step loop shows at this instant.
+            self._take_step_blocks(horizon, done)
+
+    def _take_step_blocks(self, horizon: Horizon, step: int) -> None:
+        """Take the blocks that step ``step`` (>= 1) of ``horizon`` writes into, in batch order,
+        for the processes still in it; once taken, applying the step finds them there."""
+        kv = self.kv
+        for proc, num_steps in zip(horizon.procs, horizon.seq_steps, strict=True):
+            if num_steps <= step or proc.state is ProcState.ZOMBIE:
+                continue
+            # Steps before `step` are applied: the step writes position num_computed.
+            num_tokens = proc.num_computed + 1
+            if kv.blocks_for(num_tokens) > kv.table_len(proc.pid):
+                allocation = kv.allocate(proc.pid, proc.tokens, num_tokens, self._salt_of(proc.tenant))
+                if allocation is None:
+                    raise RuntimeError(f"pid {proc.pid}: no KV block for a multi-step run that was checked to fit")
+                if allocation.blocks_to_zero:
+                    self._ops.append(("zero_blocks", {"blocks": allocation.blocks_to_zero}, None))
 
     def _settle(self, horizon: Horizon, num_steps: int) -> None:
         """Apply ``horizon``'s steps up to ``num_steps`` that are not applied yet."""

@@ -266,3 +266,26 @@ def test_signals_inside_a_later_step_of_a_run_give_identical_schedules(stop_at, 
     overrides = {"policy": "rr", "max_seqs": 2} if how == "rr" else {"policy": "fcfs"}
     (one, hits_one), (multi, hits_multi), _ = run_twice(scenario, kv_blocks=64, **overrides)
     assert one == multi and hits_one == hits_multi
+
+
+@pytest.mark.parametrize("kill_at", [0.01699, 0.0199, 0.02087])
+def test_a_kill_inside_the_step_that_takes_a_block_frees_it_as_a_one_step_loop_does(kill_at):
+    # A is killed inside a step of a run whose plan took A a new block, evicting a cached one:
+    # a one-step loop took it (and evicted) before the kill freed A's blocks; the run took
+    # nothing until the step was applied, so the evicted prefix survived and D hit it.
+    async def scenario(kernel, llm):
+        cached = [await llm.spawn(prompt_ids=[20 + i] * 8, max_tokens=1, seed=i, ignore_eos=True) for i in range(3)]
+        for pid in cached:
+            await llm.wait(pid)
+        a = await llm.spawn(prompt_ids=[5] * 6, max_tokens=30, seed=1, ignore_eos=True)
+        b = await llm.spawn(prompt_ids=[6] * 3, max_tokens=12, seed=2, ignore_eos=True)
+        await trio.sleep(kill_at)
+        await llm.kill(a, "SIGKILL")
+        await trio.sleep(0.001)
+        ds = [await llm.spawn(prompt_ids=[20 + i] * 8 + [9], max_tokens=2, seed=9, ignore_eos=True) for i in range(3)]
+        await trio.sleep(3)
+        pids = [a, b, *ds]
+        return timed_outputs(kernel, pids), [kernel.table.procs[p].acct.prefix_cache_hits for p in pids]
+
+    (one, hits_one), (multi, hits_multi), _ = run_twice(scenario, kv_blocks=10, policy="fcfs")
+    assert one == multi and hits_one == hits_multi

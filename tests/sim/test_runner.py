@@ -40,12 +40,9 @@ def test_multi_step_runs_do_not_change_any_metric(tmp_path):
     stepwise = run_simulation(small(max_steps=1))
     multi = run_simulation(small())
     one, many = files_of(stepwise, tmp_path, "one"), files_of(multi, tmp_path, "multi")
-    assert one["requests.csv"] == many["requests.csv"]
-    assert one["token_times.csv"] == many["token_times.csv"]
-    # Timeline samples agree on who runs and waits; KV occupancy sampled inside a multi-step run
-    # lags by the step in progress (its blocks are taken as it is applied), so it may differ.
-    assert [(s.time_s, s.running, s.waiting) for s in stepwise.timeline] == \
-        [(s.time_s, s.running, s.waiting) for s in multi.timeline]
+    # Every file, the timeline included: KV occupancy sampled inside a multi-step run counts the
+    # blocks the step in progress took at its plan, as a one-step loop shows them.
+    assert one == many
     assert stepwise.num_steps == multi.num_steps
     assert multi.num_driver_calls < stepwise.num_driver_calls / 2
     assert sum(r.preemptions for r in multi.records) > 0  # the pool was tight enough to matter
