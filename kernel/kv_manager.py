@@ -132,6 +132,16 @@ class KVCacheManager:
         index = position // self.block_size
         return index < len(seq.blocks) and self.pool.ref_count(seq.blocks[index]) == 1
 
+    def num_copies_to_write(self, pid: int, start: int, end: int) -> int:
+        """Blocks ``prepare_write(pid, start, end)`` would copy now: the shared ones (ref > 1)
+        of ``pid``'s table that overlap [start, end). Each takes a fresh block."""
+        seq = self._seqs.get(pid)
+        if seq is None or seq.slots is not None or end <= start:
+            return 0
+        size, blocks, ref_count = self.block_size, seq.blocks, self.pool.ref_count
+        last = min((end - 1) // size, len(blocks) - 1)
+        return sum(1 for i in range(start // size, last + 1) if ref_count(blocks[i]) > 1)
+
     def table_len(self, pid: int) -> int:
         """Blocks in ``pid``'s table (0 if unknown or swapped out), without copying it."""
         seq = self._seqs.get(pid)

@@ -91,7 +91,7 @@ class MemoryPlanning:
                 slots = len(self.kv.swap_slots(proc.pid))
                 needed = max(slots, self.kv.blocks_for(proc.num_computed + min(proc.num_tokens - proc.num_computed, budget)))
                 while not self.kv.can_allocate(slots, reserve):
-                    if not self._reclaim_stopped(slots):
+                    if not self._reclaim_idle(slots, proc):
                         return None  # it waits for its own blocks, evicting no running process
                 while not self.kv.can_allocate(needed, reserve):
                     if not self._evict_for_admission(proc, needed):
@@ -135,10 +135,10 @@ class MemoryPlanning:
         return max(proc.num_computed, self.kv.cached_prefix(proc.tokens, self._salt_of(proc.tenant)))
 
     def _evict_for_admission(self, proc: Process, num_blocks: int) -> bool:
-        """Free memory for waiting ``proc``: stopped processes' blocks, else the lowest-ranked
-        victim it may take (a more important arrival takes memory from the least). False if
+        """Free memory for waiting ``proc``: idle processes' blocks (``_reclaim_idle``), else the
+        lowest-ranked victim it may take (a more important arrival takes memory from the least). False if
         there is neither."""
-        if self._reclaim_stopped(num_blocks):
+        if self._reclaim_idle(num_blocks, proc):
             return True
         victims = self._victims_below(proc, settled_only=True)
         if not self._may_preempt(proc):
@@ -169,7 +169,7 @@ class MemoryPlanning:
             pairs = None if allocation is None else self.kv.prepare_write(proc.pid, proc.num_computed, num_tokens)
             if pairs is not None:
                 break
-            if self._reclaim_stopped(self.kv.blocks_for(num_tokens)):
+            if self._reclaim_idle(self.kv.blocks_for(num_tokens), proc):
                 continue
             victims = self._victims_below(proc)
             if not victims:
@@ -184,19 +184,34 @@ class MemoryPlanning:
             self._ops.append(("copy_blocks", {"src": [s for s, _ in pairs], "dst": [d for _, d in pairs]}, None))
         return True
 
-    def _reclaim_stopped(self, needed: int, tenant: str | None = None) -> bool:
-        """Drop the blocks of stopped processes (of ``tenant``, if given; they recompute on
-        SIGCONT); True if any freed."""
+    def _reclaim_idle(self, needed: int, below: Process, tenant: str | None = None) -> bool:
+        """Free blocks no step is using, for ``below`` (of ``tenant``'s processes only, if
+        given): stopped processes' (they recompute on SIGCONT), then those of waiting processes
+        ranked below ``below`` that hold some (forked children not admitted yet; they recompute,
+        mostly from the prefix cache). Idle holders give back before anyone running is
+        preempted; otherwise a waiting process could wait forever for blocks that waiting
+        processes behind it hold. True if any process gave its blocks back."""
+        mine = self._rank.get(below.pid, len(self._rank))
+        lowest = len(self._rank)
+        stopped = [p for p in self._table if p.device == self.device and p.state is ProcState.STOPPED]
+        waiting = sorted((p for p in self._ready if p is not below and p.state is ProcState.READY
+                          and self._rank.get(p.pid, lowest) > mine),
+                         key=lambda p: -self._rank.get(p.pid, lowest))  # the lowest-ranked first
         freed = 0
-        for proc in self._table:
+        dropped = False
+        for proc in stopped + waiting:
             if freed >= needed:
                 break
-            if (proc.device == self.device and proc.state is ProcState.STOPPED and self.kv.table(proc.pid)
-                    and tenant in (None, proc.tenant)):
+            if tenant in (None, proc.tenant) and self.kv.table(proc.pid):
                 freed += self.kv.free(proc.pid)
                 proc.acct.num_recomputed_tokens += proc.num_computed
                 proc.num_computed = 0
-        return freed > 0
+                # Memory came free after admission may have closed: the next step may admit
+                # someone (a multi-step run must not be planned over it), and a waiting process
+                # that gave its blocks back is not admitted again in this plan.
+                self._preempted_now.add(proc.pid)
+                dropped = True
+        return dropped
 
     def _preempt(self, proc: Process) -> None:
         """Take ``proc``'s blocks: swap them out or drop them, and queue it for re-admission."""
@@ -279,8 +294,11 @@ class MemoryPlanning:
         return victims
 
     def _over_kv_quota(self, proc: Process, num_tokens: int) -> bool:
-        """Whether covering ``num_tokens`` would take ``proc``'s tenant past its KV-block quota."""
-        more = self.kv.blocks_for(num_tokens) - self.kv.table_len(proc.pid)
+        """Whether covering ``num_tokens`` would take ``proc``'s tenant past its KV-block quota:
+        the blocks its table grows by, and the copies of shared (forked) blocks it writes into,
+        which stay held by the others."""
+        more = (self.kv.blocks_for(num_tokens) - self.kv.table_len(proc.pid)
+                + self.kv.num_copies_to_write(proc.pid, proc.num_computed, num_tokens))
         if more <= 0:
             return False
         room = self.limiter.kv_room(proc.tenant) if self.limiter is not None else None
@@ -292,7 +310,7 @@ class MemoryPlanning:
         on SIGCONT). Admissions ask this; a growing process also evicts lesser siblings
         (``_keep_kv_quota``)."""
         while self._over_kv_quota(proc, num_tokens):
-            if not self._reclaim_stopped(self.kv.blocks_for(num_tokens), tenant=proc.tenant):
+            if not self._reclaim_idle(self.kv.blocks_for(num_tokens), proc, tenant=proc.tenant):
                 return False
         return True
 
@@ -310,7 +328,7 @@ class MemoryPlanning:
         """Make room within ``proc``'s tenant's KV quota to cover ``num_tokens``, like memory.max:
         preempt the tenant's own lower-ranked processes. False if ``proc`` had to wait instead
         (preempted) or end (it alone needs more than the quota)."""
-        while not self._fits_kv_quota(proc, num_tokens):  # the tenant's stopped processes give back first
+        while not self._fits_kv_quota(proc, num_tokens):  # the tenant's idle processes give back first
             mine = self._rank.get(proc.pid, len(self._rank))
             siblings = [p for p in self._running if p.tenant == proc.tenant and p is not proc
                         and self._rank.get(p.pid, len(self._rank)) > mine]

@@ -170,6 +170,34 @@ async def test_blocks_shared_by_fork_count_once_against_the_kv_quota(autojump_cl
     assert sum(r.stat["accounting"]["num_preemptions"] for r in results) == 0
 
 
+async def test_copies_of_forked_blocks_count_against_the_kv_quota(autojump_clock, tmp_path):
+    # Each child writes into the partial block it shares with the others and gets its own copy:
+    # those copies took the tenant to 14 blocks of a 10-block quota.
+    async with open_system(tmp_path, kv_blocks=256) as (kernel, root):  # blocks of 4 tokens
+        await root.quota_set("alice", kv_blocks=10)
+        async with libllm.open_client(kernel, uid=1000, tenant="alice") as alice:
+            pid = await alice.spawn(prompt_ids=list(range(1, 31)), max_tokens=6, ignore_eos=True)  # 8 blocks
+            offset = 0
+            while offset < 1:
+                offset = (await alice.read(pid, offset)).offset
+            kids = await alice.fork(pid, 6)
+            peak = 0
+
+            async def watch() -> None:
+                nonlocal peak
+                while True:
+                    peak = max(peak, kernel.quotas.use("alice")[1])
+                    await trio.sleep(0.0005)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch)
+                with trio.fail_after(60):
+                    results = [await alice.wait(p) for p in [pid, *kids]]
+                nursery.cancel_scope.cancel()
+    assert peak <= 10
+    assert all(r.exit["reason"] == "length" for r in results)
+
+
 async def test_a_prompt_larger_than_its_tenants_kv_quota_ends_with_enomem_not_a_wait(autojump_clock, tmp_path):
     async with open_system(tmp_path) as (kernel, root):
         await root.quota_set("alice", kv_blocks=2)

@@ -170,3 +170,22 @@ async def test_a_swapped_process_takes_a_stopped_ones_blocks_to_come_back(autoju
         await llm.kill(a, "SIGSTOP")
         with trio.fail_after(20):
             assert (await llm.wait(b)).finish_reason == "length"
+
+
+@pytest.mark.parametrize("preemption", ["swap", "recompute"])
+@pytest.mark.parametrize("kv_blocks", [9, 12])
+async def test_forked_children_waiting_with_shared_blocks_give_them_back_under_pressure(autojump_clock, preemption,
+                                                                                         kv_blocks):
+    # Six children share the parent's 8 blocks while they wait to be admitted. Once memory ran
+    # short, a preempted sibling waited for blocks that only the waiting children behind it held,
+    # and they waited behind it: the device hung with everyone READY or SWAPPED.
+    async with open_kernel(sim_config(kv_blocks=kv_blocks, preemption=preemption)) as kernel, \
+            libllm.open_client(kernel) as llm:
+        parent = await llm.spawn(prompt_ids=list(range(1, 31)), max_tokens=6, ignore_eos=True)
+        offset = 0
+        while offset < 1:
+            offset = (await llm.read(parent, offset)).offset
+        children = await llm.fork(parent, 6)
+        with trio.fail_after(60):
+            results = [await llm.wait(pid) for pid in [parent, *children]]
+    assert [r.finish_reason for r in results] == ["length"] * 7
