@@ -95,6 +95,9 @@ async def serve_stream(
                     busy = KernelError("EAGAIN", f"more than {params.MAX_PENDING_PER_CONNECTION} requests in flight")
                     await _send_quietly(stream, codec.make_error(request.id, busy))
                     continue
+                # The scope is findable before the task runs: a cancel read in the same batch
+                # as its request (a busy kernel) must still stop it.
+                running[request.id] = trio.CancelScope()
                 nursery.start_soon(_answer, stream, dispatch, request, crash_on_bug, in_flight, borrower, running)
             else:
                 await _answer(stream, dispatch, request, crash_on_bug)
@@ -117,8 +120,12 @@ async def _answer(
                 # the cancel scope, a good part of a no-op syscall's cost.
                 result = await dispatch(request)
             else:
-                with trio.CancelScope() as scope:
-                    running[request.id] = scope
+                scope = running[request.id]
+                if scope.cancel_called:
+                    # Cancelled before it started: answer without running it (a wait on a
+                    # zombie would reap it without ever reaching a checkpoint).
+                    raise KernelError("ECANCELED", f"{request.op}: cancelled by the caller")
+                with scope:
                     result = await dispatch(request)
                 if scope.cancelled_caught:
                     raise KernelError("ECANCELED", f"{request.op}: cancelled by the caller")
@@ -176,7 +183,9 @@ class RpcClient:
             KernelError: the errno the peer replied with, or EIO if the peer went away.
         """
         if self._closed_error is not None:
-            raise self._closed_error
+            # A new exception each time: re-raising the stored one would chain every caller's
+            # traceback onto it and keep their frames alive.
+            raise KernelError(self._closed_error.errno, self._closed_error.message)
         request_id = self._next_id
         self._next_id += 1
         waiter = _Waiter()
@@ -208,7 +217,7 @@ class RpcClient:
                         other.wake()
                         break
         if isinstance(waiter.outcome, KernelError):
-            raise waiter.outcome
+            raise KernelError(waiter.outcome.errno, waiter.outcome.message)  # fail_all shares one
         return waiter.outcome
 
     async def _send_cancel(self, request_id: int) -> None:
@@ -233,6 +242,10 @@ class RpcClient:
                     self.fail_all(KernelError("EIO", "the peer closed the connection"))
                     return
                 request_id, outcome = codec.parse_reply(message)
+                if request_id is None and len(self._waiters) == 1:
+                    # The peer could not read a request well enough to find its id (too deep,
+                    # a string over the limit): with one call in flight, it is that call's.
+                    request_id = next(iter(self._waiters))
                 other = self._waiters.get(request_id)
                 if other is not None and other.outcome is _UNSET:
                     other.outcome = outcome

@@ -245,7 +245,7 @@ class SyncClient:
     """A blocking client: every ``Client`` method, called without ``await``.
 
     It speaks to the kernel over a plain blocking socket (``blocking_rpc.py``): no thread, no
-    event loop. One call at a time per connection; threads sharing one take turns.
+    event loop. Threads may share one: each call waits for its own reply.
     """
 
     def __init__(self, target: str | os.PathLike[str] | None = None, *, token: str | None = None) -> None:
@@ -267,8 +267,10 @@ class SyncClient:
         if method is None or name.startswith("_") or name == "stream":
             raise AttributeError(name)
 
+        rpc, bound = self._rpc, getattr(self._client, name)  # not self: no reference cycle
+
         def blocking(*args: Any, **kwargs: Any) -> Any:
-            return self._rpc.drive(getattr(self._client, name)(*args, **kwargs))
+            return rpc.drive(bound(*args, **kwargs))
 
         blocking.__doc__ = method.__doc__
         self.__dict__[name] = blocking  # found directly from now on: __getattr__ runs once per name

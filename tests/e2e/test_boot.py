@@ -196,7 +196,19 @@ def test_closing_a_blocking_connection_wakes_a_thread_blocked_on_it(socket_path)
         llm.getpid()
 
 
-def test_a_blocking_connection_is_shared_by_threads_one_call_at_a_time(client):
+def test_a_thread_may_kill_what_another_waits_for_on_the_same_connection(client):
+    pid = client.spawn(prompt_ids=[1, 2], max_tokens=60_000)
+    waiter, outcome = call_in_thread(client.wait, pid)
+    time.sleep(0.2)
+    assert waiter.is_alive()
+    killer, killed = call_in_thread(client.kill, pid, "SIGKILL")
+    killer.join(5)
+    waiter.join(5)
+    assert "error" not in killed and not waiter.is_alive(), (killed, outcome)
+    assert outcome["result"].exit["signal"] == "SIGKILL"
+
+
+def test_a_blocking_connection_is_shared_by_threads(client):
     pids = [client.spawn(prompt_ids=[1, 2, 3], max_tokens=n) for n in (4, 6, 8, 10)]
     calls = [call_in_thread(client.wait, pid) for pid in pids]
     for thread, _ in calls:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import trio
 
+from llmos.kernel import codec
 from llmos.kernel.errors import KernelError
 from llmos.kernel.rpc import RpcClient, serve_stream
 from llmos.kernel.streams import FramedMessageStream
@@ -73,3 +76,32 @@ async def test_a_cancel_without_a_request_id_is_einval():
             assert error.value.errno == "EINVAL" and "'id'" in error.value.message
         assert await client.call("cancel", {"id": 12345}) == {"cancelled": False}  # nothing by that id
         nursery.cancel_scope.cancel()
+
+
+async def test_a_cancel_that_arrives_with_its_request_stops_it_before_it_runs():
+    # A busy server reads the request and its cancel in one batch: the cancel found no scope to
+    # cancel (the request's task had not run yet), and the request went on to take effect.
+    ran: list[int] = []
+
+    async def dispatch(request):
+        ran.append(request.id)  # a wait on a zombie: done without reaching a checkpoint
+        return {"reaped": True}
+
+    left, right = trio.socket.socketpair()
+    server = FramedMessageStream(trio.SocketStream(left))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(serve_stream, server, dispatch, blocking_ops={"wait"}))
+        both = b"".join(codec.frame(codec.encode(m)) for m in (
+            codec.make_request(1, "wait", {}), codec.make_request(2, "cancel", {"id": 1})))
+        await right.send(both)
+        reader = codec.FrameReader()
+        replies = {}
+        while len(replies) < 2:
+            reader.feed(await right.recv(65536))
+            while (payload := reader.next_payload()) is not None:
+                reply_id, outcome = codec.parse_reply(codec.decode(payload))
+                replies[reply_id] = outcome
+        nursery.cancel_scope.cancel()
+    assert replies[2] == {"cancelled": True}
+    assert isinstance(replies[1], KernelError) and replies[1].errno == "ECANCELED"
+    assert ran == []

@@ -7,9 +7,15 @@ the bytes a test gives it. A real kernel never sends these; the client must stil
 
 from __future__ import annotations
 
+import gc
+import os
+import random
+import signal
 import socket
 import struct
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -127,3 +133,119 @@ def test_only_syscalls_can_be_awaited_on_a_blocking_connection(fake_kernel):
     with pytest.raises(TypeError, match="can only run syscalls"):
         rpc.drive(not_a_syscall())
     rpc.close()
+
+
+def test_a_request_the_kernel_could_not_read_fails_here_and_the_connection_stays(fake_kernel):
+    with libllm.connect(fake_kernel(lambda request: reply(request, {"pid": 7}))) as llm:
+        nested: object = 1
+        for _ in range(20):
+            nested = [nested]
+        with pytest.raises(libllm.EINVAL, match="deeper"):
+            llm.call("spawn", prompt_ids=nested)
+        with pytest.raises(libllm.EINVAL):
+            llm.call("spawn", prompt="x" * (2 << 20))  # over the kernel's string limit
+        with pytest.raises(libllm.E2BIG):
+            llm.call("spawn", prompt_ids=[1 << 40] * (1 << 20))  # over the frame limit
+        assert llm.getpid() == {"pid": 7}
+
+
+def test_an_error_reply_without_an_id_answers_the_one_waiting_call(fake_kernel):
+    def answer(request: dict) -> bytes:
+        return codec.frame(codec.encode(codec.make_error(None, codec.KernelError("EINVAL", "unreadable"))))
+
+    with libllm.connect(fake_kernel(answer)) as llm:
+        with pytest.raises(libllm.EINVAL, match="unreadable"):
+            llm.getpid()
+
+
+def test_every_call_after_a_close_raises_a_fresh_error(fake_kernel):
+    llm = libllm.connect(fake_kernel(lambda request: None))
+    llm.close()
+    errors = []
+    for _ in range(3):
+        with pytest.raises(libllm.EIO) as error:
+            llm.getpid()
+        errors.append(error.value)
+    # The same stored exception re-raised would carry every caller's traceback, growing forever.
+    assert len({id(e) for e in errors}) == 3
+    assert llm._rpc._closed.__traceback__ is None
+
+
+def test_a_dropped_client_is_freed_at_once(fake_kernel):
+    # Its socket closes with it, and the kernel ends the connection's processes: no reference
+    # cycle may keep it alive until the garbage collector happens to run.
+    path = fake_kernel(lambda request: reply(request, {"pid": 7}))
+    gc.disable()
+    try:
+        llm = libllm.connect(path)
+        llm.getpid()
+        connection = weakref.ref(llm._rpc)
+        del llm
+        assert connection() is None
+    finally:
+        gc.enable()
+
+
+def test_a_forked_childs_close_leaves_the_parents_connection_up(fake_kernel):
+    with libllm.connect(fake_kernel(lambda request: reply(request, {"pid": 7}))) as llm:
+        assert llm.getpid() == {"pid": 7}
+        child = os.fork()
+        if child == 0:  # the child closes its copy and leaves
+            llm.close()
+            os._exit(0)
+        os.waitpid(child, 0)
+        assert llm.getpid() == {"pid": 7}
+
+
+def test_interrupts_while_large_replies_are_read_never_lose_bytes(fake_kernel):
+    # Ctrl-C at random instants of calls whose replies take many reads: whatever it interrupts,
+    # the connection keeps its framing (each later call gets its own reply), or, where it must
+    # be closed, says so with EIO; it never hangs or hands a call another's reply.
+    big = {"tokens": list(range(1000, 101000)), "offset": 100000, "eof": True, "exit": None}
+
+    def answer(request: dict) -> bytes:
+        if request["op"] == "read":
+            return reply(request, big)
+        if request["op"] == "cancel":
+            return reply(request, {"cancelled": False})
+        return reply(request, {"pid": 7})
+
+    class Interrupted(Exception):
+        pass
+
+    armed = False  # the handler raises only while a call is in progress: the test's own code
+    # (timers, asserts) must not be interrupted
+
+    def interrupt(signum, frame):
+        nonlocal armed
+        if armed:
+            armed = False
+            raise Interrupted
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    rng = random.Random(5)
+    interrupted = 0
+    try:
+        llm = libllm.connect(fake_kernel(answer))
+        started = time.perf_counter()
+        llm.read(1, 0)
+        duration = time.perf_counter() - started
+        for _ in range(40):
+            timer = threading.Timer(rng.uniform(0, duration), os.kill, (os.getpid(), signal.SIGINT))
+            timer.start()
+            try:
+                armed = True
+                result = llm.read(1, 0)
+                armed = False
+                assert result.offset == 100000
+            except Interrupted:
+                interrupted += 1
+            finally:
+                armed = False
+                timer.cancel()
+                timer.join()
+            assert llm.getpid() == {"pid": 7}  # its own reply, whatever the interrupt cut
+        llm.close()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert interrupted > 0
