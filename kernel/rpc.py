@@ -88,6 +88,10 @@ async def serve_stream(
                 await _send_quietly(stream, codec.make_reply(request.id, {"cancelled": scope is not None}))
                 continue
             if request.op in blocking_ops:
+                if request.id in running:
+                    reused = KernelError("EINVAL", f"request id {request.id} is already in flight on this connection")
+                    await _send_quietly(stream, codec.make_error(request.id, reused))
+                    continue
                 borrower = object()  # one token per request, released when it is answered
                 try:
                     in_flight.acquire_on_behalf_of_nowait(borrower)
@@ -97,8 +101,8 @@ async def serve_stream(
                     continue
                 # The scope is findable before the task runs: a cancel read in the same batch
                 # as its request (a busy kernel) must still stop it.
-                running[request.id] = trio.CancelScope()
-                nursery.start_soon(_answer, stream, dispatch, request, crash_on_bug, in_flight, borrower, running)
+                scope = running[request.id] = trio.CancelScope()
+                nursery.start_soon(_answer, stream, dispatch, request, crash_on_bug, in_flight, borrower, running, scope)
             else:
                 await _answer(stream, dispatch, request, crash_on_bug)
         nursery.cancel_scope.cancel()
@@ -112,15 +116,15 @@ async def _answer(
     limiter: trio.CapacityLimiter | None = None,
     borrower: object = None,
     running: dict[int, trio.CancelScope] | None = None,
+    scope: trio.CancelScope | None = None,
 ) -> None:
     try:
         try:
-            if running is None:
+            if scope is None:
                 # Answered inline (not a blocking op): nothing can cancel it alone, so skip
                 # the cancel scope, a good part of a no-op syscall's cost.
                 result = await dispatch(request)
             else:
-                scope = running[request.id]
                 if scope.cancel_called:
                     # Cancelled before it started: answer without running it (a wait on a
                     # zombie would reap it without ever reaching a checkpoint).
@@ -141,8 +145,8 @@ async def _answer(
             reply = codec.make_error(request.id, KernelError("EIO", f"internal error in {request.op}: {type(exc).__name__}: {exc}"))
         await _send_quietly(stream, reply)
     finally:
-        if running is not None:
-            running.pop(request.id, None)
+        if running is not None and running.get(request.id) is scope:
+            del running[request.id]
         if limiter is not None:
             limiter.release_on_behalf_of(borrower)
 

@@ -14,19 +14,18 @@ lock, and one waiting thread at a time reads the socket and hands each reply to 
 waiting for its id (leader/follower), so one thread blocked in ``wait`` does not keep another
 from sending the ``kill`` that ends it.
 
-Interrupts (Ctrl-C in the main thread) keep the connection: one that arrives while the caller
-waits for its reply asks the kernel to cancel the request, so a ``wait`` given up on reaps
-nothing unseen, and the late reply is dropped by id. While a frame is being read, or a small one
-written, SIGINT is held back and delivered after, so that it never lands mid-frame. An exception
-from another signal's handler there (or Ctrl-C inside a large frame's send) leaves the stream's
-framing unknown: the connection is closed (later calls fail with EIO) and the exception goes on.
+Signals (Ctrl-C, an alarm used as a timeout) keep the connection: while a call runs, they are
+held back and delivered only where it waits (``signal_deferral.py``), so a handler that raises
+never lands between reading bytes and keeping them, or between taking the reader's turn and
+giving it back. Interrupted while waiting for its reply, a call asks the kernel to cancel the
+request, so a ``wait`` given up on reaps nothing unseen, and the late reply is dropped by id.
+Only an interrupt inside a large frame's send (one that may block) costs the connection: the
+kernel could not find the next frame's start, so later calls fail with EIO.
 """
 
 from __future__ import annotations
 
-import _signal  # signal's C module: signal.py's wrappers convert to enums, 10x the cost here
 import os
-import signal
 import socket
 import threading
 from collections.abc import Coroutine, Generator
@@ -36,12 +35,11 @@ from llmos.kernel import codec, params
 from llmos.kernel.errors import KernelError
 from llmos.kernel.rpc import CANCEL_OP
 
+from . import signal_deferral
+
 CANCEL_SEND_TIMEOUT_S = 1.0  # longest an interrupted caller spends telling the kernel to cancel
 RECV_BYTES = 65536
-CHECK_WHOLE_ABOVE = 4096  # payload bytes over which a request is decoded here before it is sent
-_SIGINT = int(signal.SIGINT)
-_MAIN_THREAD = threading.main_thread().ident  # the only thread Python runs signal handlers in
-HOLD_SIGINT_SEND_BYTES = 65536  # frames up to this size are sent with Ctrl-C held (they go out at once)
+INTERRUPTIBLE_SEND_BYTES = 65536  # larger frames are sent interruptibly (they may block)
 
 
 class _Ask:
@@ -76,13 +74,15 @@ class BlockingRpc:
         self._owner_pid = os.getpid()  # a forked child's close must not hang up on its parent
         self._reader = codec.FrameReader()
         self._send_lock = threading.Lock()  # a frame goes out whole
-        self._lock = threading.Lock()  # guards the fields below
+        # Guards the fields below. Re-entrant: a signal handler (delivered while we wait) may
+        # close the connection, and _fail takes it.
+        self._lock = threading.RLock()
         self._turn = threading.Condition(self._lock)  # a reply came, or the reader's turn is free
         self._sleepers = 0  # callers asleep on _turn
         self._next_id = 1
         self._waiting: set[int] = set()  # ids whose caller waits for the reply
         self._replies: dict[int, Any] = {}  # replies that came for waiting callers
-        self._reading = False  # a caller is reading the socket now
+        self._reader_thread: int | None = None  # the thread reading the socket for everyone now
         self._closed: KernelError | None = None
 
     async def call(self, op: str, args: dict[str, Any]) -> Any:
@@ -112,53 +112,65 @@ class BlockingRpc:
 
         Raises:
             KernelError: the errno the kernel replied with; E2BIG or EINVAL for a request the
-                kernel could not read (caught here, the connection stays); EIO once the
-                connection is gone.
+                kernel could not read (caught here, the connection stays); EBUSY for a call
+                from a signal handler that interrupted this thread's own read of the
+                connection; EIO once the connection is gone.
         """
-        with self._lock:
-            self._raise_if_closed()
-            request_id = self._next_id
-            self._next_id += 1
-        request = codec.make_request(request_id, op, args)
-        payload = codec.encode(request)
-        _check_readable_by_kernel(request, payload)
-        with self._lock:
-            self._waiting.add(request_id)
+        held = signal_deferral.hold()  # signals reach their handlers only where we wait
         try:
-            self._send(codec.frame(payload))
-            return self._await_reply(request_id)
-        except KernelError:
-            raise
-        except BaseException:
-            # Interrupted (Ctrl-C) while the kernel works on it: ask it to cancel, so that a
-            # blocking call given up on (a wait that reaps a child) takes no effect unseen.
-            self._send_cancel(request_id)
-            raise
-        finally:
             with self._lock:
-                self._waiting.discard(request_id)
-                self._replies.pop(request_id, None)
+                self._raise_if_closed()
+                if self._reader_thread == threading.get_ident():
+                    raise KernelError("EBUSY", f"{op}: called from a signal handler while this thread reads "
+                                               "the same connection; use another connection there")
+                request_id = self._next_id
+                self._next_id += 1
+            request = codec.make_request(request_id, op, args)
+            payload = codec.encode(request)
+            _check_readable_by_kernel(payload)
+            with self._lock:
+                self._waiting.add(request_id)
+            try:
+                self._send(codec.frame(payload), held)
+                return self._await_reply(request_id, held)
+            except KernelError:
+                raise
+            except BaseException:
+                # Interrupted (Ctrl-C) while the kernel works on it: ask it to cancel, so that a
+                # blocking call given up on (a wait that reaps a child) takes no effect unseen.
+                self._send_cancel(request_id)
+                raise
+            finally:
+                with self._lock:
+                    self._waiting.discard(request_id)
+                    self._replies.pop(request_id, None)
+        finally:
+            signal_deferral.release(held)  # a signal noted meanwhile is delivered now
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes, held: bool) -> None:
         with self._send_lock:
             self._raise_if_closed()
-            # A small frame goes out at once: hold Ctrl-C over it, so that it cannot land
-            # mid-frame. A large one may block on a kernel that does not read: interruptible.
-            held = _hold_sigint() if len(data) <= HOLD_SIGINT_SEND_BYTES else _NOT_HELD
+            if len(data) <= INTERRUPTIBLE_SEND_BYTES:
+                try:
+                    self._sock.sendall(data)  # goes out at once: signals wait
+                except OSError:
+                    self._fail()
+                    self._raise_if_closed()
+                return
             try:
-                self._sock.sendall(data)
+                # A large frame may block on a kernel that does not read: interruptible, and an
+                # interrupt mid-frame leaves the kernel unable to find the next frame's start.
+                with signal_deferral.interruptible(held):
+                    self._sock.sendall(data)
             except OSError:
                 self._fail()
                 self._raise_if_closed()
             except BaseException:
-                # Interrupted inside sendall: part of the frame may be out, and the kernel
-                # could never find the next frame's start. The connection is unusable.
                 self._fail()
                 raise
-            finally:
-                _release_sigint(held)
 
-    def _await_reply(self, request_id: int) -> Any:
+    def _await_reply(self, request_id: int, held: bool) -> Any:
+        me = threading.get_ident()
         while True:
             with self._lock:
                 while True:
@@ -168,40 +180,42 @@ class BlockingRpc:
                             raise KernelError(outcome.errno, outcome.message)
                         return outcome
                     self._raise_if_closed()
-                    if not self._reading:
-                        self._reading = True  # our turn to read, for everyone waiting
+                    if self._reader_thread is None:
+                        self._reader_thread = me  # our turn to read, for everyone waiting
                         break
                     self._sleepers += 1
                     try:
-                        self._turn.wait()
+                        with signal_deferral.interruptible(held):
+                            self._turn.wait()
                     finally:
                         self._sleepers -= 1
             try:
-                self._read_replies()
+                self._read_replies(held)
             finally:
                 with self._lock:
-                    self._reading = False
+                    self._reader_thread = None
                     if self._sleepers:
                         self._turn.notify_all()  # their replies may have come; or one reads next
 
-    def _read_replies(self) -> None:
+    def _read_replies(self, held: bool) -> None:
         """Wait until the socket is readable, read what is there, and file every whole reply."""
         try:
-            # Sleep until a byte is there, taking none: an interrupt here (where a caller
-            # spends its wait) loses nothing. A peek costs less than poll, which wakes slower.
-            self._sock.recv(1, socket.MSG_PEEK)
+            # Sleep until a byte is there, taking none: signals are delivered here, where the
+            # caller spends its wait, and an interrupt loses nothing. (A peek costs less than
+            # poll, which wakes slower.)
+            with signal_deferral.interruptible(held):
+                self._sock.recv(1, socket.MSG_PEEK)
         except OSError:
             pass  # the recv below sees it too
-        held = _hold_sigint()  # from here until the replies are filed, Ctrl-C waits
         try:
-            try:
-                data = self._sock.recv(RECV_BYTES)
-            except OSError:
-                data = b""
-            if not data:
-                self._fail()
-                return
-            self._reader.feed(data)
+            data = self._sock.recv(RECV_BYTES)
+        except OSError:
+            data = b""
+        if not data:
+            self._fail()
+            return
+        self._reader.feed(data)
+        try:
             with self._lock:
                 while (payload := self._reader.next_payload()) is not None:
                     reply_id, outcome = codec.parse_reply(codec.decode(payload))
@@ -209,18 +223,13 @@ class BlockingRpc:
                         # The kernel could not read a request well enough to find its id; the
                         # only caller waiting sent it.
                         reply_id = next(iter(self._waiting))
+                    elif type(reply_id) is not int:
+                        raise KernelError("EIO", f"a reply with the id {reply_id!r}")
                     if reply_id in self._waiting:
                         self._replies[reply_id] = outcome
                     # Otherwise the late reply of an interrupted call, or of its cancel: dropped.
-        except KernelError:  # a frame over the limit, or one that is not a msgpack map
+        except KernelError:  # a frame over the limit, or a reply that is not a well-formed map
             self._fail()
-        except BaseException:
-            # Another signal's handler raised between reading bytes and filing them: they may
-            # be lost, and the framing with them; their callers must not wait forever.
-            self._fail()
-            raise
-        finally:
-            _release_sigint(held)
 
     def _send_cancel(self, request_id: int) -> None:
         with self._lock:
@@ -233,14 +242,9 @@ class BlockingRpc:
             try:
                 self._sock.settimeout(CANCEL_SEND_TIMEOUT_S)
                 self._sock.sendall(data)
+                self._sock.settimeout(None)
             except OSError:
                 self._fail()  # timed out, or the kernel is gone
-            except BaseException:
-                self._fail()  # interrupted again, perhaps mid-frame
-                raise
-            finally:
-                if self._sock.fileno() != -1:
-                    self._sock.settimeout(None)
 
     def _raise_if_closed(self) -> None:
         if self._closed is not None:
@@ -249,11 +253,17 @@ class BlockingRpc:
             raise KernelError(self._closed.errno, self._closed.message)
 
     def _fail(self, error: KernelError | None = None) -> None:
-        """Mark the connection gone (with ``error``, by default the kernel hung up) and close it."""
+        """Mark the connection gone (with ``error``, by default the kernel hung up) and close it,
+        waking every thread blocked on it."""
         with self._lock:
             if self._closed is None:
                 self._closed = error or KernelError("EIO", "the kernel closed the connection")
             self._turn.notify_all()
+        if os.getpid() == self._owner_pid and self._sock.fileno() != -1:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)  # close() alone wakes no blocked recv
+            except OSError:
+                pass
         self._sock.close()
 
     @property
@@ -267,59 +277,16 @@ class BlockingRpc:
         In the process that connected, a thread blocked on the connection wakes with EIO. A
         forked child closes only its own copy: the parent's connection stays up.
         """
-        if os.getpid() == self._owner_pid and self._sock.fileno() != -1:
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked on it
-            except OSError:
-                pass
         self._fail(KernelError("EIO", "the connection was closed by this client"))
 
 
-_held_frames: list[Any] = []  # SIGINTs that came while held (main thread only: no lock needed)
-
-
-def _note_sigint(signum: int, frame: Any) -> None:
-    _held_frames.append(frame)
-
-
-_NOT_HELD: Any = object()
-
-
-def _hold_sigint() -> Any:
-    """Hold SIGINT back until ``_release_sigint(returned)``: a KeyboardInterrupt raised between
-    reading bytes and keeping them would lose them. Only the main thread runs Python signal
-    handlers, so only it needs (and may) do this."""
-    if threading.get_ident() != _MAIN_THREAD or _signal.getsignal(_SIGINT) is None:
-        return _NOT_HELD  # None: a handler installed outside Python, which could not be put back
-    return _signal.signal(_SIGINT, _note_sigint)
-
-
-def _release_sigint(previous: Any) -> None:
-    """Put the SIGINT handler ``previous`` back, and deliver to it a SIGINT that came meanwhile."""
-    if previous is _NOT_HELD:
-        return
-    _signal.signal(_SIGINT, previous)
-    if not _held_frames:
-        return
-    frame = _held_frames[0]
-    _held_frames.clear()
-    if callable(previous):
-        previous(_SIGINT, frame)  # KeyboardInterrupt, by default
-    elif previous == signal.SIG_DFL:
-        os.kill(os.getpid(), _SIGINT)
-
-
-def _check_readable_by_kernel(request: dict[str, Any], payload: bytes) -> None:
+def _check_readable_by_kernel(payload: bytes) -> None:
     """Raise the error the kernel's decoder would answer ``payload`` with, before it is sent.
 
     A request the kernel cannot decode is answered without its id (the id is inside what could
-    not be read), or over the frame limit with a hang-up; checked here, the caller gets E2BIG or
-    EINVAL and the connection stays. Small payloads only need the nesting check: every other
-    limit takes more bytes than they have.
+    not be read), or over the frame limit with a hang-up; checked here, with the kernel's own
+    decoder, the caller gets E2BIG or EINVAL and the connection stays.
     """
     if len(payload) > params.MAX_FRAME_BYTES:
         raise KernelError("E2BIG", f"request of {len(payload)} bytes exceeds the {params.MAX_FRAME_BYTES}-byte limit")
-    if len(payload) > CHECK_WHOLE_ABOVE:
-        codec.decode(payload)
-    else:
-        codec.check_depth(request)
+    codec.decode(payload)

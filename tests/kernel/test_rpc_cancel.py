@@ -105,3 +105,34 @@ async def test_a_cancel_that_arrives_with_its_request_stops_it_before_it_runs():
     assert replies[2] == {"cancelled": True}
     assert isinstance(replies[1], KernelError) and replies[1].errno == "ECANCELED"
     assert ran == []
+
+
+async def test_a_blocking_request_reusing_an_id_in_flight_is_refused():
+    # It overwrote the first one's cancel scope: one of them then failed with an internal error,
+    # or a later cancel missed the request it named.
+    release = trio.Event()
+
+    async def dispatch(request):
+        await release.wait()
+        return {"done": request.args["n"]}
+
+    left, right = trio.socket.socketpair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(serve_stream, FramedMessageStream(trio.SocketStream(left)), dispatch,
+                                   blocking_ops={"wait"}, crash_on_bug=True))
+        frames = b"".join(codec.frame(codec.encode(codec.make_request(5, "wait", {"n": n}))) for n in (1, 2))
+        await right.send(frames)
+        reader = codec.FrameReader()
+        reader.feed(await right.recv(65536))
+        reply_id, outcome = codec.parse_reply(codec.decode(reader.next_payload()))
+        assert reply_id == 5 and outcome.errno == "EINVAL" and "already in flight" in outcome.message
+        await right.send(codec.frame(codec.encode(codec.make_request(6, "cancel", {"id": 5}))))
+        replies = {}
+        while len(replies) < 2:
+            while (payload := reader.next_payload()) is not None:
+                request_id, result = codec.parse_reply(codec.decode(payload))
+                replies[request_id] = result
+            if len(replies) < 2:
+                reader.feed(await right.recv(65536))
+        assert replies[6] == {"cancelled": True} and replies[5].errno == "ECANCELED"
+        nursery.cancel_scope.cancel()

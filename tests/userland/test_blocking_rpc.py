@@ -249,3 +249,12 @@ def test_interrupts_while_large_replies_are_read_never_lose_bytes(fake_kernel):
     finally:
         signal.signal(signal.SIGINT, previous)
     assert interrupted > 0
+
+
+def test_a_reply_whose_id_is_not_an_integer_closes_the_connection_with_eio(fake_kernel):
+    def answer(request: dict) -> bytes:
+        return codec.frame(codec.encode({"v": 1, "id": [request["id"]], "ok": True, "result": {}}))
+
+    with libllm.connect(fake_kernel(answer)) as llm:
+        with pytest.raises(libllm.EIO):
+            llm.getpid()
