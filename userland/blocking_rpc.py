@@ -39,6 +39,7 @@ from . import signal_deferral
 
 CANCEL_SEND_TIMEOUT_S = 1.0  # longest an interrupted caller spends telling the kernel to cancel
 RECV_BYTES = 65536
+SMALL_REQUEST_BYTES = 4096  # smaller than any string, list or map over a decoding limit
 INTERRUPTIBLE_SEND_BYTES = 65536  # larger frames are sent interruptibly (they may block)
 
 
@@ -125,9 +126,8 @@ class BlockingRpc:
                                                "the same connection; use another connection there")
                 request_id = self._next_id
                 self._next_id += 1
-            request = codec.make_request(request_id, op, args)
-            payload = codec.encode(request)
-            _check_readable_by_kernel(payload)
+            payload = codec.encode(codec.make_request(request_id, op, args))
+            _check_readable_by_kernel(args, payload)
             with self._lock:
                 self._waiting.add(request_id)
             try:
@@ -280,13 +280,19 @@ class BlockingRpc:
         self._fail(KernelError("EIO", "the connection was closed by this client"))
 
 
-def _check_readable_by_kernel(payload: bytes) -> None:
+_PLAIN = frozenset((int, float, bool, str, bytes, type(None)))  # can break no decoding limit in a small frame
+
+
+def _check_readable_by_kernel(args: dict[str, Any], payload: bytes) -> None:
     """Raise the error the kernel's decoder would answer ``payload`` with, before it is sent.
 
     A request the kernel cannot decode is answered without its id (the id is inside what could
     not be read), or over the frame limit with a hang-up; checked here, with the kernel's own
-    decoder, the caller gets E2BIG or EINVAL and the connection stays.
+    decoder, the caller gets E2BIG or EINVAL and the connection stays. A small request of plain
+    values (most syscalls) cannot break a limit: it skips the decode.
     """
     if len(payload) > params.MAX_FRAME_BYTES:
         raise KernelError("E2BIG", f"request of {len(payload)} bytes exceeds the {params.MAX_FRAME_BYTES}-byte limit")
+    if len(payload) <= SMALL_REQUEST_BYTES and all(type(k) is str and type(v) in _PLAIN for k, v in args.items()):
+        return
     codec.decode(payload)
