@@ -35,3 +35,12 @@ async def open_system(home: Path, security: Any = None, **options: Any) -> Async
         config.services["security"] = lambda: security(home)
     async with open_kernel(config) as kernel, libllm.open_client(kernel, uid=0, tenant="system") as root:
         yield kernel, root
+
+
+async def fork_after_first_token(llm: libllm.Client, prompt_ids: list[int], max_tokens: int, n: int) -> tuple[int, list[int]]:
+    """Spawn a process, wait until it has sampled its first token, fork ``n`` children from it."""
+    pid = await llm.spawn(prompt_ids=prompt_ids, max_tokens=max_tokens, ignore_eos=True)
+    offset = 0
+    while offset < 1:
+        offset = (await llm.read(pid, offset)).offset
+    return pid, await llm.fork(pid, n)

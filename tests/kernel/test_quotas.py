@@ -6,7 +6,7 @@ import random
 
 import pytest
 import trio
-from sim_fixtures import open_system
+from sim_fixtures import fork_after_first_token, open_system
 
 from llmos.kernel.kernel import Kernel
 from llmos.services import securefiles
@@ -158,11 +158,7 @@ async def test_blocks_shared_by_fork_count_once_against_the_kv_quota(autojump_cl
     async with open_system(tmp_path, kv_blocks=256) as (kernel, root):
         await root.quota_set("alice", kv_blocks=24)
         async with libllm.open_client(kernel, uid=1000, tenant="alice") as alice:
-            pid = await alice.spawn(prompt_ids=list(range(1, 33)), max_tokens=12, ignore_eos=True)  # 8 blocks
-            offset = 0
-            while offset < 1:
-                offset = (await alice.read(pid, offset)).offset
-            kids = await alice.fork(pid, 2)
+            pid, kids = await fork_after_first_token(alice, list(range(1, 33)), 12, 2)  # 8 blocks
             assert kernel.quotas.use("alice")[1] <= 9  # the parent's blocks, not three copies of them
             results = [await alice.wait(p) for p in [pid, *kids]]
     # 8 shared blocks + each one's own growth (12 tokens: 3 blocks) fit in 24: nobody waits.
@@ -176,11 +172,7 @@ async def test_copies_of_forked_blocks_count_against_the_kv_quota(autojump_clock
     async with open_system(tmp_path, kv_blocks=256) as (kernel, root):  # blocks of 4 tokens
         await root.quota_set("alice", kv_blocks=10)
         async with libllm.open_client(kernel, uid=1000, tenant="alice") as alice:
-            pid = await alice.spawn(prompt_ids=list(range(1, 31)), max_tokens=6, ignore_eos=True)  # 8 blocks
-            offset = 0
-            while offset < 1:
-                offset = (await alice.read(pid, offset)).offset
-            kids = await alice.fork(pid, 6)
+            pid, kids = await fork_after_first_token(alice, list(range(1, 31)), 6, 6)  # 8 blocks
             peak = 0
 
             async def watch() -> None:

@@ -6,7 +6,7 @@ import collections
 
 import pytest
 import trio
-from sim_fixtures import sim_config
+from sim_fixtures import fork_after_first_token, sim_config
 
 from llmos.kernel import codec
 from llmos.kernel.kernel import open_kernel
@@ -181,11 +181,7 @@ async def test_forked_children_waiting_with_shared_blocks_give_them_back_under_p
     # and they waited behind it: the device hung with everyone READY or SWAPPED.
     async with open_kernel(sim_config(kv_blocks=kv_blocks, preemption=preemption)) as kernel, \
             libllm.open_client(kernel) as llm:
-        parent = await llm.spawn(prompt_ids=list(range(1, 31)), max_tokens=6, ignore_eos=True)
-        offset = 0
-        while offset < 1:
-            offset = (await llm.read(parent, offset)).offset
-        children = await llm.fork(parent, 6)
+        parent, children = await fork_after_first_token(llm, list(range(1, 31)), 6, 6)
         with trio.fail_after(60):
             results = [await llm.wait(pid) for pid in [parent, *children]]
     assert [r.finish_reason for r in results] == ["length"] * 7
