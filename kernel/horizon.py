@@ -13,8 +13,9 @@ memory or seats, which running processes only use up further), nobody reaches it
 free blocks all k steps need (so no step needs a preemption). The blocks themselves are taken
 as the steps are applied, in the order a one-step loop takes them, so which cached prefix
 blocks get evicted is the same too; an event inside a step (a kill, a fork, a sample of the
-pool) first takes the blocks of the step in progress, which a one-step loop took at its plan. Later steps therefore carry no block tables: only drivers
-without KV storage (sim, which takes batch shapes) run more than one step per call.
+pool) first takes the blocks of the step in progress, which a one-step loop took at its plan.
+Later steps therefore carry no block tables: only drivers without KV storage (sim, which takes
+batch shapes) run more than one step per call.
 
 Processes that reach their length inside the run leave it there when nobody waits at all: the
 driver is told each sequence's step count, and the steps after one ends are modeled without it.

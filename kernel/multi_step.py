@@ -125,11 +125,16 @@ class MultiStepRuns:
             # Steps before `step` are applied: the step writes position num_computed.
             num_tokens = proc.num_computed + 1
             if kv.blocks_for(num_tokens) > kv.table_len(proc.pid):
-                allocation = kv.allocate(proc.pid, proc.tokens, num_tokens, self._salt_of(proc.tenant))
-                if allocation is None:
-                    raise RuntimeError(f"pid {proc.pid}: no KV block for a multi-step run that was checked to fit")
-                if allocation.blocks_to_zero:
-                    self._ops.append(("zero_blocks", {"blocks": allocation.blocks_to_zero}, None))
+                self._take_run_block(proc, num_tokens)
+
+    def _take_run_block(self, proc: Process, num_tokens: int) -> None:
+        """Grow ``proc``'s table to ``num_tokens`` inside a run (lookahead_steps checked the
+        run's blocks are free, so running out is a bug)."""
+        allocation = self.kv.allocate(proc.pid, proc.tokens, num_tokens, self._salt_of(proc.tenant))
+        if allocation is None:
+            raise RuntimeError(f"pid {proc.pid}: no KV block for a multi-step run that was checked to fit")
+        if allocation.blocks_to_zero:
+            self._ops.append(("zero_blocks", {"blocks": allocation.blocks_to_zero}, None))
 
     def _settle(self, horizon: Horizon, num_steps: int) -> None:
         """Apply ``horizon``'s steps up to ``num_steps`` that are not applied yet."""
@@ -219,13 +224,8 @@ class MultiStepRuns:
         for _, cache, _, proc, num_tokens in blocks:
             if cache:
                 kv.commit_full_blocks(proc.pid, proc.tokens, num_tokens)
-            elif -(-num_tokens // block_size) > kv.table_len(proc.pid):
-                # lookahead_steps checked that the run's blocks are free.
-                allocation = kv.allocate(proc.pid, proc.tokens, num_tokens, self._salt_of(proc.tenant))
-                if allocation is None:
-                    raise RuntimeError(f"pid {proc.pid}: no KV block for a multi-step run that was checked to fit")
-                if allocation.blocks_to_zero:
-                    self._ops.append(("zero_blocks", {"blocks": allocation.blocks_to_zero}, None))
+            elif -(-num_tokens // block_size) > kv.table_len(proc.pid):  # not taken yet (settle may have)
+                self._take_run_block(proc, num_tokens)
         for proc, status, at in ending:
             self.finish(proc, status, at)
         self._charge(served, ended_at)
