@@ -101,7 +101,7 @@ class MemoryPlanning:
                 del self._swap_handles[proc.pid]
                 self._ops.append(("swap_in", {"blocks": [d for _, d in pairs], "handle": handle}, proc.pid))
         salt = self._salt_of(proc.tenant)
-        first = not self.kv.table(proc.pid)
+        first = not self.kv.table_len(proc.pid)
         start = self._admission_start(proc)
         num_tokens = start + min(proc.num_tokens - start, budget)
         allocation = self.kv.allocate(proc.pid, proc.tokens, num_tokens, salt, reserve=reserve)
@@ -130,7 +130,7 @@ class MemoryPlanning:
     def _admission_start(self, proc: Process) -> int:
         """Where an admission's chunk starts: after what ``proc`` computed, or after its cached
         prefix on a first allocation (the prefix cache computes those tokens for it)."""
-        if self.kv.table(proc.pid):
+        if self.kv.table_len(proc.pid):
             return proc.num_computed
         return max(proc.num_computed, self.kv.cached_prefix(proc.tokens, self._salt_of(proc.tenant)))
 
@@ -191,19 +191,21 @@ class MemoryPlanning:
         mostly from the prefix cache). Idle holders give back before anyone running is
         preempted; otherwise a waiting process could wait forever for blocks that waiting
         processes behind it hold. True if any process gave its blocks back."""
-        mine = self._rank.get(below.pid, len(self._rank))
+        kv = self.kv
         lowest = len(self._rank)
+        mine = self._rank.get(below.pid, lowest)
         stopped = [p for p in self._table if p.device == self.device and p.state is ProcState.STOPPED]
-        waiting = sorted((p for p in self._ready if p is not below and p.state is ProcState.READY
-                          and self._rank.get(p.pid, lowest) > mine),
-                         key=lambda p: -self._rank.get(p.pid, lowest))  # the lowest-ranked first
+        # Few waiting processes hold blocks (an overloaded device queues thousands): filter first.
+        waiting = [p for p in self._ready if p.state is ProcState.READY and kv.table_len(p.pid)
+                   and p is not below and self._rank.get(p.pid, lowest) > mine]
+        waiting.sort(key=lambda p: self._rank.get(p.pid, lowest), reverse=True)  # the lowest-ranked first
         freed = 0
         dropped = False
         for proc in stopped + waiting:
             if freed >= needed:
                 break
-            if tenant in (None, proc.tenant) and self.kv.table(proc.pid):
-                freed += self.kv.free(proc.pid)
+            if tenant in (None, proc.tenant) and kv.table_len(proc.pid):
+                freed += kv.free(proc.pid)
                 proc.acct.num_recomputed_tokens += proc.num_computed
                 proc.num_computed = 0
                 # Memory came free after admission may have closed: the next step may admit
@@ -215,11 +217,10 @@ class MemoryPlanning:
 
     def _preempt(self, proc: Process) -> None:
         """Take ``proc``'s blocks: swap them out or drop them, and queue it for re-admission."""
-        table = self.kv.table(proc.pid)
         bytes_per_block = self.kv_bytes_per_token * self.kv.block_size
         tokens_per_s = self.stats.num_tokens / self.stats.busy_s if self.stats.busy_s else params.PREFILL_TOKENS_PER_S
         pairs = None
-        if choose_swap(self.config.preemption, len(table), bytes_per_block, proc.num_computed, tokens_per_s):
+        if choose_swap(self.config.preemption, self.kv.table_len(proc.pid), bytes_per_block, proc.num_computed, tokens_per_s):
             pairs = self.kv.swap_out(proc.pid)  # None if the swap space is full: recompute instead
         if proc in self._chosen:
             # Planned earlier in this step (decodes are planned first): out of the batch again
@@ -306,9 +307,8 @@ class MemoryPlanning:
 
     def _fits_kv_quota(self, proc: Process, num_tokens: int) -> bool:
         """Whether covering ``num_tokens`` keeps ``proc``'s tenant within its KV quota, once the
-        tenant's stopped processes have given back their blocks if they must (they recompute
-        on SIGCONT). Admissions ask this; a growing process also evicts lesser siblings
-        (``_keep_kv_quota``)."""
+        tenant's idle processes have given back their blocks if they must (``_reclaim_idle``).
+        Admissions ask this; a growing process also evicts lesser siblings (``_keep_kv_quota``)."""
         while self._over_kv_quota(proc, num_tokens):
             if not self._reclaim_idle(self.kv.blocks_for(num_tokens), proc, tenant=proc.tenant):
                 return False
