@@ -2,8 +2,9 @@
 
 A blocking program needs no event loop to make a syscall: write the request frame, read frames
 until the reply with its id. The async client (``kernel/rpc.py``) pays a trio scheduling round
-on every wait; this one sleeps in ``recv`` and is woken by the kernel directly, so a no-op round
-trip costs about what the bare socket costs (``llmos bench ipc``: socket vs socket_raw).
+on every wait; this one sleeps in ``recv`` and is woken by the kernel directly. What it adds to
+a bare socket's round trip (``llmos bench ipc``: socket vs socket_raw) is the signal hold, a
+peek before each read, and the bookkeeping that lets threads share the connection.
 
 The syscall methods themselves are written once, as ``libllm.Client``'s coroutines: ``drive``
 runs one such coroutine without an event loop, answering each ``await rpc.call(...)`` it makes
@@ -150,18 +151,15 @@ class BlockingRpc:
     def _send(self, data: bytes, held: bool) -> None:
         with self._send_lock:
             self._raise_if_closed()
-            if len(data) <= INTERRUPTIBLE_SEND_BYTES:
-                try:
-                    self._sock.sendall(data)  # goes out at once: signals wait
-                except OSError:
-                    self._fail()
-                    self._raise_if_closed()
-                return
             try:
-                # A large frame may block on a kernel that does not read: interruptible, and an
-                # interrupt mid-frame leaves the kernel unable to find the next frame's start.
-                with signal_deferral.interruptible(held):
-                    self._sock.sendall(data)
+                if len(data) <= INTERRUPTIBLE_SEND_BYTES:
+                    self._sock.sendall(data)  # goes out at once: signals wait
+                else:
+                    # A large frame may block on a kernel that does not read: interruptible,
+                    # and an interrupt mid-frame leaves the kernel unable to find the next
+                    # frame's start.
+                    with signal_deferral.interruptible(held):
+                        self._sock.sendall(data)
             except OSError:
                 self._fail()
                 self._raise_if_closed()
