@@ -62,23 +62,25 @@ def lookahead_steps(
     ones = [1] * len(procs)
     if limit <= 1 or waiting_may_enter or num_running != len(procs):
         return ones
+    seqs = batch.seqs
+    if not all(c.sample for c in seqs):
+        return ones  # a prefill chunk continues next step: a different batch
     # Step 0 samples one token, each later step one more: a sequence's own limit.
-    own = []
-    for proc, chunk in zip(procs, batch.seqs, strict=True):
-        if not chunk.sample:
-            return ones  # a prefill chunk continues next step: a different batch
-        own.append(proc.max_tokens - len(proc.output_ids))
+    own = [p.max_tokens - len(p.output_ids) for p in procs]
     steps = min(limit, max(own) if none_waiting else min(own))
     if steps <= 1:
         return ones
     num_free = kv.num_free_blocks
-    tables = [kv.table_len(p.pid) for p in procs]
-    contexts = [c.context_len for c in batch.seqs]
+    size = kv.block_size
+    table_len = kv.table_len
+    # A sequence's steps 1..n-1 write positions context .. context+n-2: its table must hold
+    # context+n-1 tokens. Rows: (context, own limit, tokens its table holds now).
+    rows = [(c.start_pos + len(c.token_ids), o, table_len(p.pid) * size) for p, c, o in zip(procs, seqs, own, strict=True)]
 
     def blocks_needed(k: int) -> int:
-        # A sequence's steps 1..n-1 write positions context .. context+n-2: its table must hold
-        # context+n-1. Blocks freed by sequences that finish are not counted on.
-        return sum(max(0, kv.blocks_for(c + min(k, o) - 1) - t) for c, o, t in zip(contexts, own, tables, strict=True))
+        # Blocks freed by sequences that finish are not counted on.
+        return sum(-(-(c + (k if k < o else o) - 1 - held) // size) for c, o, held in rows
+                   if c + (k if k < o else o) - 1 > held)
 
     if blocks_needed(steps) > num_free:
         lo, hi = 1, steps  # blocks_needed(lo) == 0 <= num_free < blocks_needed(hi)
@@ -136,8 +138,11 @@ class Horizon:
 
     def _cut_at_stop_tokens(self) -> None:
         # A process that samples a stop token ends there, and the batch after it is smaller:
-        # the horizon ends with the earliest such step.
+        # the horizon ends with the earliest such step (step 0's token included).
         for index, proc in enumerate(self.procs):
+            if proc.stop_ids and self.first.tokens[index] in proc.stop_ids:
+                self.num_steps = 1
+                return
             if proc.stop_ids and self._stride:
                 row = self.tokens(index, 1, min(self.num_steps, self.seq_steps[index]))
                 for offset, token in enumerate(row):

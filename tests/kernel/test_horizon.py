@@ -289,3 +289,23 @@ def test_a_kill_inside_the_step_that_takes_a_block_frees_it_as_a_one_step_loop_d
 
     (one, hits_one), (multi, hits_multi), _ = run_twice(scenario, kv_blocks=10, policy="fcfs")
     assert one == multi and hits_one == hits_multi
+
+
+def test_a_stop_token_at_any_step_of_a_run_ends_it_there():
+    # Each process stops on the token it samples at index k; some of those fall on the first
+    # step of a run (whose token comes with the step, not in the run's later steps).
+    stop_at = [3, 9, 17, 30, 31, 50]
+
+    async def scenario(kernel, llm):
+        pids = []
+        for i, k in enumerate(stop_at):
+            token = int(sim_tokens(np.array([i]), np.array([k]), 32000)[0])
+            pids.append(await llm.spawn(prompt_ids=[5 + i] * 8, max_tokens=100, seed=i, stop_ids=[token]))
+            await trio.sleep(0.003 * i)
+        await trio.sleep(10)
+        return timed_outputs(kernel, pids)
+
+    one, multi, _ = run_twice(scenario, kv_blocks=512)
+    assert one == multi
+    for (tokens, _, reason, _), k in zip(one.values(), stop_at, strict=True):
+        assert reason is ExitReason.STOP and len(tokens) <= k + 1
