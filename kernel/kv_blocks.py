@@ -116,30 +116,28 @@ class BlockPool:
             allocates its cache zeroed) and a block last owned by ``owner`` holds only that
             tenant's data, so neither is listed.
         """
-        if num_blocks > self.num_free:
+        empty, evictable = self._empty, self._evictable
+        if num_blocks > len(empty) + len(evictable):
             return None
-        blocks: list[int] = []
-        to_zero: list[int] = []
-        for _ in range(num_blocks):
-            block = self._empty.popleft() if self._empty else self._evict()
-            last = self._owner[block]
-            if last is not None and last != owner:
-                to_zero.append(block)
-            self._owner[block] = owner
-            self._ref[block] = 1
-            blocks.append(block)
+        # Every block of every sequence passes here: whole runs of work per call, no per-block calls.
+        blocks = [empty.popleft() for _ in range(min(num_blocks, len(empty)))]
+        num_evicted = num_blocks - len(blocks)
+        if num_evicted:
+            # Drop the least recently freed cached blocks from the cache.
+            hashes, cached, popitem = self._hash, self._cached, evictable.popitem
+            for _ in range(num_evicted):
+                block = popitem(last=False)[0]
+                del cached[hashes[block]]  # Invariant: evictable blocks are cached
+                hashes[block] = None
+                blocks.append(block)
+            self.num_evictions += num_evicted
+        owners, ref = self._owner, self._ref
+        to_zero = [b for b in blocks if owners[b] is not None and owners[b] != owner]
+        for block in blocks:
+            owners[block] = owner
+            ref[block] = 1
         self._used_by[owner] += num_blocks
         return blocks, to_zero
-
-    def _evict(self) -> int:
-        """Drop the least recently freed cached block from the cache and return it."""
-        block, _ = self._evictable.popitem(last=False)
-        block_hash = self._hash[block]
-        assert block_hash is not None  # Invariant: evictable blocks are cached
-        del self._cached[block_hash]
-        self._hash[block] = None
-        self.num_evictions += 1
-        return block
 
     def share(self, block: int) -> None:
         """Add a holder to ``block``: a used block, or an evictable one a prefix hit revives."""
@@ -179,18 +177,26 @@ class BlockPool:
             ValueError: ``block`` is free, or cached under a different hash (the caller passed
                 tokens that differ from those the block was computed from).
         """
-        if self._ref[block] == 0:
-            raise ValueError(f"block {block} is free")
-        current = self._hash[block]
-        if current is not None:
-            if current != block_hash:
-                raise ValueError(f"block {block} is cached under another hash")
-            return False
-        if block_hash in self._cached:
-            return False
-        self._hash[block] = block_hash
-        self._cached[block_hash] = block
-        return True
+        return self.register_all([block], [block_hash]) == 1
+
+    def register_all(self, blocks: Iterable[int], block_hashes: Iterable[BlockHash]) -> int:
+        """``register`` each block under its hash, in order; returns how many were newly cached."""
+        ref, hashes, cached = self._ref, self._hash, self._cached
+        num_cached = 0
+        for block, block_hash in zip(blocks, block_hashes, strict=True):
+            if ref[block] == 0:
+                raise ValueError(f"block {block} is free")
+            current = hashes[block]
+            if current is not None:
+                if current != block_hash:
+                    raise ValueError(f"block {block} is cached under another hash")
+                continue
+            if block_hash in cached:
+                continue
+            hashes[block] = block_hash
+            cached[block_hash] = block
+            num_cached += 1
+        return num_cached
 
     def uncache(self, block: int) -> None:
         """Take ``block`` out of the prefix cache: its contents cannot be trusted (no-op if uncached)."""

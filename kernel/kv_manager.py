@@ -273,8 +273,7 @@ class KVCacheManager:
         tokens = token_ids[first * size : num_full * size]  # one slice: token_ids may be a view
         hashes = hash_blocks(seq.hashes[-1] if seq.hashes else None, tokens, size, seq.salt)
         seq.hashes += hashes
-        register = self.pool.register
-        return sum(map(register, seq.blocks[first:num_full], hashes))
+        return self.pool.register_all(seq.blocks[first:num_full], hashes)
 
     def fork(self, parent_pid: int, child_pids: list[int]) -> None:
         """Give each child a table sharing all of the parent's blocks (copy-on-write).
