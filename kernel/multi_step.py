@@ -47,6 +47,7 @@ class MultiStepRuns:
     driver_max_steps: int
     last_batch: tuple[int, int]
     _horizon: Horizon | None
+    _horizon_sleep: trio.CancelScope | None
     _horizon_budget: int
     _work: trio.Event
     _in_flight: set[int]
@@ -71,20 +72,29 @@ class MultiStepRuns:
         """Let a modeled-time result's steps pass on the kernel's clock, then apply them.
 
         An event (arrival, signal, fork) during the steps ends them with the step in progress,
-        as a one-step loop would replan after it (see ``horizon.py``).
+        as a one-step loop would replan after it (see ``horizon.py``). The event's ``_wake``
+        cuts the run and moves this sleep's deadline to the new end (``_cut_run``): the loop
+        wakes once, when the kept steps are over, not once for the event and again at the end.
         """
         self._horizon = horizon
         try:
-            with trio.move_on_at(horizon.end):
-                await self._work.wait()
-            if self._clock() < horizon.end:
-                horizon.cut(self._clock())
-                await trio.sleep_until(horizon.end)
+            if self._work.is_set():
+                horizon.cut(self._clock())  # an event came while the driver was computing the run
+            with trio.CancelScope(deadline=horizon.end) as self._horizon_sleep:
+                await trio.sleep_forever()
         finally:
             self._in_flight = set()
             self._horizon = None
+            self._horizon_sleep = None
         self._learn_horizon(horizon)
         self._settle(horizon, horizon.num_steps)
+
+    def _cut_run(self) -> None:
+        """An event now: a multi-step run in progress ends with the step now running."""
+        horizon, sleep = self._horizon, self._horizon_sleep
+        if horizon is not None and sleep is not None:
+            horizon.cut(self._clock())
+            sleep.deadline = horizon.end
 
     def _learn_horizon(self, horizon: Horizon) -> None:
         """Size the next run's request from this one, like TCP's slow start: a run that kept

@@ -154,6 +154,7 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
         self._work = trio.Event()
         self._clock: Callable[[], float] = trio.current_time
         self._horizon: Horizon | None = None  # a multi-step result whose time is passing
+        self._horizon_sleep: trio.CancelScope | None = None  # the loop's sleep until its end
         self._admission_blocked = False  # the last plan's admissions stopped at memory or seats
         # Tenant token rates (kernel/quotas.py); None: no limits. The planner skips a tenant
         # it does not allow until ``_throttled_until``, when the loop wakes to plan again.
@@ -621,3 +622,4 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
 
     def _wake(self) -> None:
         self._work.set()
+        self._cut_run()
