@@ -116,17 +116,20 @@ class SimDriver(DriverServer):
         elapsed = self.cost.step_seconds(n, num_tokens, context_tokens, pairs)
         seeds = cols["seed"].astype(np.uint64)
         indices = cols["sample_index"].astype(np.uint64)
-        first = sim_tokens(seeds, indices, self.vocab_size).tolist()
-        tokens: list[int | None] = [t if s else None for t, s in zip(first, sample.tolist(), strict=True)]
         more_elapsed: list[float] = []
         more = b""
         if num_steps > 1:
             if not sample.all():
                 raise KernelError("EINVAL", "step: num_steps > 1 needs every sequence to sample (decode) in the first step")
             more_elapsed = self._more_elapsed(raw, start + q, num_steps)
-            later = indices[:, None] + np.arange(1, num_steps, dtype=np.uint64)[None, :]  # (seqs, steps-1)
-            block = sim_tokens(seeds[:, None], later, self.vocab_size).astype("<i4")
-            more = block.tobytes()
+            # Every step's tokens in one pass: (seqs, steps), step 0 first.
+            steps = indices[:, None] + np.arange(num_steps, dtype=np.uint64)[None, :]
+            block = sim_tokens(seeds[:, None], steps, self.vocab_size)
+            tokens: list[int | None] = block[:, 0].tolist()
+            more = block[:, 1:].astype("<i4").tobytes()
+        else:
+            first = sim_tokens(seeds, indices, self.vocab_size).tolist()
+            tokens = [t if s else None for t, s in zip(first, sample.tolist(), strict=True)]
         wall = time.perf_counter() - started  # the host's own work, apart from the modeled time
         return StepResult(tokens, elapsed, wall, more_elapsed, more).to_wire()
 
@@ -148,12 +151,18 @@ class SimDriver(DriverServer):
                 raise KernelError("EINVAL", f"step: seq_steps must be in 1..{num_steps} and reach num_steps")
         else:
             seq_steps = np.full(n, num_steps, dtype=np.int64)
+        # Sequences by their step count; the sequences in steps lo..hi-1 (those with a count
+        # above lo) are then a suffix, whose size and context sum come from suffix sums.
+        order = np.argsort(seq_steps, kind="stable")
+        counts = seq_steps[order]
+        suffix_context = np.concatenate((np.cumsum(contexts[order][::-1])[::-1], [0])).tolist()
+        ends = np.unique(counts[counts > 1]).tolist()
+        firsts = np.searchsorted(counts, [1, *ends[:-1]], side="right").tolist()  # first index with count > lo
         elapsed: list[float] = []
         lo = 1
-        for hi in sorted({int(x) for x in seq_steps if x > 1}):
-            active = seq_steps > lo  # the sequences in steps lo..hi-1
-            count = int(active.sum())
-            context = int(contexts[active].sum()) + count * lo  # after step lo
+        for hi, first in zip(ends, firsts, strict=True):
+            count = n - first
+            context = suffix_context[first] + count * lo  # after step lo
             elapsed += self.cost.decode_steps_seconds(count, context, hi - lo)
             lo = hi
         return elapsed
@@ -166,12 +175,14 @@ class SimDriver(DriverServer):
         if not isinstance(shape, dict) or set(shape) != set(SHAPE_COLUMNS) or not all(
                 isinstance(v, bytes) and len(v) % 8 == 0 for v in shape.values()):
             raise KernelError("EINVAL", f"step: shape must map {', '.join(SHAPE_COLUMNS)} to int64 columns")
-        cols = {name: np.frombuffer(shape[name], dtype="<i8") for name in SHAPE_COLUMNS}
-        if len({len(c) for c in cols.values()}) != 1:
+        if len({len(v) for v in shape.values()}) != 1:
             raise KernelError("EINVAL", "step: the shape's columns differ in length")
-        if len(cols["seq_id"]) and (cols["num_tokens"].min() < 1 or cols["start_pos"].min() < 0
-                                    or cols["seed"].min() < 0 or cols["sample_index"].min() < 0):
-            raise KernelError("EINVAL", "step: a sequence has no tokens, or a negative position, seed or index")
+        table = np.frombuffer(b"".join(shape[name] for name in SHAPE_COLUMNS), dtype="<i8").reshape(len(SHAPE_COLUMNS), -1)
+        cols = dict(zip(SHAPE_COLUMNS, table, strict=True))
+        if table.shape[1]:
+            lowest = dict(zip(SHAPE_COLUMNS, table.min(axis=1).tolist(), strict=True))  # one pass for all columns
+            if lowest["num_tokens"] < 1 or min(lowest["start_pos"], lowest["seed"], lowest["sample_index"]) < 0:
+                raise KernelError("EINVAL", "step: a sequence has no tokens, or a negative position, seed or index")
         return cols
 
     def _columns_of(self, raw: dict[str, Any]) -> dict[str, np.ndarray]:
