@@ -51,7 +51,7 @@ from .kv_blocks import BlockPool, SwapSpace
 from .kv_hash import BlockHash, hash_blocks, iter_block_hashes
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built at every table growth: not frozen (its __init__ costs several times more); a value
 class Allocation:
     """What ``allocate`` did to a process's table."""
 
@@ -223,14 +223,16 @@ class KVCacheManager:
             raise ValueError(f"num_tokens {num_tokens} outside [0, {len(token_ids)}]")
         seq = self._seqs.get(pid)
         if seq is not None:
-            self._resident(pid)
+            if seq.slots is not None:
+                raise ValueError(f"pid {pid} has no resident block table")
             if seq.salt != salt:
                 raise ValueError(f"pid {pid} changed salt")
-        first = seq is None or not seq.blocks
-        hit_blocks, hit_hashes = self._match_prefix(token_ids, salt) if first else ([], [])
-        have = len(seq.blocks) if seq else 0
+            if seq.blocks:
+                return self._grow(seq, num_tokens, salt, reserve)
+        # A first allocation: share the cached prefix, then take fresh blocks.
+        hit_blocks, hit_hashes = self._match_prefix(token_ids, salt)
         covered = max(num_tokens, len(hit_blocks) * self.block_size)
-        num_new = max(0, self.blocks_for(covered) - have - len(hit_blocks))
+        num_new = max(0, self.blocks_for(covered) - len(hit_blocks))
         num_revived = sum(1 for b in hit_blocks if self.pool.ref_count(b) == 0)
         if not self.pool.can_allocate(num_new + num_revived, reserve):
             return None
@@ -243,14 +245,30 @@ class KVCacheManager:
         if seq is None:
             seq = self._seqs[pid] = _Seq(salt)
         seq.blocks += hit_blocks + new_blocks
-        if first:
-            seq.hashes = hit_hashes
-            if self.enable_prefix_cache:
-                self.num_query_tokens += len(token_ids)
-                self.num_hit_tokens += len(hit_blocks) * self.block_size
+        seq.hashes = hit_hashes
+        if self.enable_prefix_cache:
+            self.num_query_tokens += len(token_ids)
+            self.num_hit_tokens += len(hit_blocks) * self.block_size
         seq.num_tokens = max(seq.num_tokens, covered)
         self.num_zeroed += len(to_zero)
         return Allocation(new_blocks, to_zero, len(hit_blocks) * self.block_size, hit_blocks)
+
+    def _grow(self, seq: _Seq, num_tokens: int, salt: bytes, reserve: int) -> Allocation | None:
+        """``allocate`` for a table that has blocks: no prefix lookup, fresh blocks only (the
+        planner grows a decoding table by one block every block_size steps)."""
+        num_new = max(0, -(-num_tokens // self.block_size) - len(seq.blocks))
+        if not self.pool.can_allocate(num_new, reserve):
+            return None
+        new_blocks: list[int] = []
+        to_zero: list[int] = []
+        if num_new:
+            taken = self.pool.allocate(num_new, salt)
+            assert taken is not None  # checked above
+            new_blocks, to_zero = taken
+            seq.blocks += new_blocks
+            self.num_zeroed += len(to_zero)
+        seq.num_tokens = max(seq.num_tokens, num_tokens)
+        return Allocation(new_blocks, to_zero, 0, [])
 
     def commit_full_blocks(self, pid: int, token_ids: Sequence[int], num_computed: int) -> int:
         """Cache ``pid``'s blocks that are full and computed, so later processes can hit them.
