@@ -9,15 +9,20 @@ process ends, the runner reaps it and turns the kernel's own process record (its
 timestamps and accounting) into a ``RequestRecord``.
 
 Determinism: requests are spawned by one task in arrival order, prompts and sampling seeds
-derive from the seed, and trio's scheduling order is seeded too, so the same config gives the
-same records, byte for byte once written.
+derive from the seed, and trio's scheduling order is seeded and made independent of memory
+addresses (``_deterministic_trio``), so the same config gives the same records, byte for byte
+once written, in a fresh process or after other simulations in the same one. Everything at
+one instant (its arrivals, then its timeline sample) happens in one task step, so the plan
+made at that instant sees all of it, whether runs are planned step by step or many at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,21 +206,58 @@ async def simulate(config: SimConfig, requests: list[Request],
         pending[0] = len(requests)
         spawned = {t: trio.Event() for t in sessions}
 
-        async def inject() -> None:
+        async def spawn(request: Request) -> None:
+            args: dict[str, Any] = {
+                "prompt_ids": prompt_token_ids(request, config.seed, vocab),
+                "max_tokens": request.output_len,
+                "ignore_eos": True,
+                "seed": sampling_seed(config.seed, request.request_id),
+                "nice": request.nice,
+            }
+            if request.slo_s is not None:
+                args["deadline_s"] = request.slo_s
+            reply = await kernel.syscall(sessions[request.tenant], "spawn", args)
+            request_of[reply["pid"]] = request
+            spawned[request.tenant].set()
+
+        def sample() -> None:
+            scheduler.settle()  # the steps of a multi-step run that have ended by now
+            slots, held = scheduler.kv.table_fill()
+            seqs, tokens = scheduler.last_batch
+            timeline.append(TimelineSample(
+                time_s=trio.current_time() - start,
+                running=scheduler.num_running,
+                waiting=scheduler.num_waiting,
+                batch_seqs=seqs,
+                batch_tokens=tokens,
+                kv_blocks_used=scheduler.kv.num_blocks - scheduler.kv.num_free_blocks,
+                kv_blocks_total=scheduler.kv.num_blocks,
+                kv_utilization=held / slots if slots else 0.0,
+            ))
+
+        async def until(when: float) -> None:
+            # Sleep only into the future: a sleep until now still yields, and the scheduler
+            # could then plan between two arrivals of one instant (or an arrival and its sample).
+            if when > trio.current_time():
+                await trio.sleep_until(when)
+
+        async def feed() -> None:
+            # Arrivals and timeline samples from one task, in time order, so that everything
+            # at one instant happens before anyone else runs: the plan made at an instant sees
+            # all its arrivals, and a sample sees them too (two tasks would race for it).
+            sample_at = start
             for request in requests:
-                await trio.sleep_until(start + request.arrival_s)
-                args: dict[str, Any] = {
-                    "prompt_ids": prompt_token_ids(request, config.seed, vocab),
-                    "max_tokens": request.output_len,
-                    "ignore_eos": True,
-                    "seed": sampling_seed(config.seed, request.request_id),
-                    "nice": request.nice,
-                }
-                if request.slo_s is not None:
-                    args["deadline_s"] = request.slo_s
-                reply = await kernel.syscall(sessions[request.tenant], "spawn", args)
-                request_of[reply["pid"]] = request
-                spawned[request.tenant].set()
+                arrival = start + request.arrival_s
+                while sample_at < arrival:
+                    await until(sample_at)
+                    sample()
+                    sample_at += config.sample_interval_s
+                await until(arrival)
+                await spawn(request)
+            while True:
+                await until(sample_at)
+                sample()
+                sample_at += config.sample_interval_s
 
         async def collect(tenant: str) -> None:
             session = sessions[tenant]
@@ -235,29 +277,11 @@ async def simulate(config: SimConfig, requests: list[Request],
                 if not pending[0]:
                     done.set()
 
-        async def sample() -> None:
-            while True:
-                scheduler.settle()  # the steps of a multi-step run that have ended by now
-                slots, held = scheduler.kv.table_fill()
-                seqs, tokens = scheduler.last_batch
-                timeline.append(TimelineSample(
-                    time_s=trio.current_time() - start,
-                    running=scheduler.num_running,
-                    waiting=scheduler.num_waiting,
-                    batch_seqs=seqs,
-                    batch_tokens=tokens,
-                    kv_blocks_used=scheduler.kv.num_blocks - scheduler.kv.num_free_blocks,
-                    kv_blocks_total=scheduler.kv.num_blocks,
-                    kv_utilization=held / slots if slots else 0.0,
-                ))
-                await trio.sleep(config.sample_interval_s)
-
         if requests:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(inject)
+                nursery.start_soon(feed)
                 for tenant in sessions:
                     nursery.start_soon(collect, tenant)
-                nursery.start_soon(sample)
                 await done.wait()
                 nursery.cancel_scope.cancel()
         simulated_s = trio.current_time() - start
@@ -286,20 +310,37 @@ def run_simulation(config: SimConfig, requests: list[Request] | None = None) -> 
     config.check()
     if requests is None:
         requests = make_workload(config.workload, config.seed)
-    _seed_trio_scheduler(config.seed)
     wall = time.perf_counter()
-    result = trio.run(simulate, config, requests, clock=trio.testing.MockClock(autojump_threshold=0))
+    with _deterministic_trio(config.seed):
+        result = trio.run(simulate, config, requests, clock=trio.testing.MockClock(autojump_threshold=0))
     result.wall_s = time.perf_counter() - wall
     return result
 
 
-def _seed_trio_scheduler(seed: int) -> None:
-    # trio shuffles the order of tasks woken at the same instant (to flush out order
-    # dependence) with a module-level Random. Seeding it makes equal-time events (two
-    # arrivals in one instant, an arrival as a step ends) resolve the same way every run.
-    # It is private API: if a trio release renames it, runs stay correct, only less repeatable.
+@contextlib.contextmanager
+def _deterministic_trio(seed: int) -> Iterator[None]:
+    """Make trio order the tasks woken at one instant the same way on every run of ``seed``.
+
+    Equal-time events (two arrivals in one instant, an arrival as a step ends) resolve in the
+    order trio runs the woken tasks. Trio shuffles each batch of runnable tasks with a
+    module-level Random, which we seed; but tasks whose deadlines expire together enter the
+    batch ordered by the ``id()`` of their cancel scopes, a memory address, so a second
+    simulation in the same process (a sweep worker, a benchmark) could break a tie the other
+    way. Trio's switch for deterministic tests (what pytest-trio sets under Hypothesis) sorts
+    each batch by task creation order before the seeded shuffle. Both are private API: if a
+    trio release renames them, runs stay correct, only less repeatable.
+    """
     import trio._core._run as trio_run
 
     rng = getattr(trio_run, "_r", None)
     if rng is not None and hasattr(rng, "seed"):
         rng.seed(seed)
+    had_switch = hasattr(trio_run, "_ALLOW_DETERMINISTIC_SCHEDULING")
+    saved = getattr(trio_run, "_ALLOW_DETERMINISTIC_SCHEDULING", False)
+    if had_switch:
+        trio_run._ALLOW_DETERMINISTIC_SCHEDULING = True
+    try:
+        yield
+    finally:
+        if had_switch:
+            trio_run._ALLOW_DETERMINISTIC_SCHEDULING = saved

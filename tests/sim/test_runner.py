@@ -36,6 +36,23 @@ def test_same_seed_gives_byte_identical_metric_files(tmp_path):
     assert other["requests.csv"] != first["requests.csv"]
 
 
+def test_ties_at_one_instant_resolve_alike_in_every_run_of_a_process(tmp_path):
+    # Whole-second arrivals (BurstGPT's timestamps are whole seconds), several at one instant,
+    # on the instants of timeline samples. Deadlines expiring together used to reach trio's
+    # run queue in the order of their cancel scopes' memory addresses, so a second simulation
+    # in the same process (a sweep worker) could break a tie the other way.
+    trace = tmp_path / "ties.csv"
+    rows = ["arrived_at,num_prefill_tokens,num_decode_tokens"]
+    rows += [f"{i // 3}.0,{30 + 7 * (i % 5)},{20 + 3 * (i % 4)}" for i in range(60)]
+    trace.write_text("\n".join(rows) + "\n")
+    config = SimConfig(workload=WorkloadSpec(trace=str(trace)), kv_blocks=60, max_seqs=8, sample_interval_s=1.0)
+    runs = [files_of(run_simulation(config), tmp_path, name) for name in ("a", "b")]
+    runs.append(files_of(run_simulation(SimConfig(**{**config.__dict__, "max_steps": 1})), tmp_path, "one"))
+    assert runs[0] == runs[1] == runs[2]
+    first_sample = runs[0]["timeline.csv"].decode().splitlines()[1].split(",")
+    assert first_sample[:3] == ["0.0", "0", "3"]  # the sample at 0 s sees the three arrivals at 0 s
+
+
 def test_multi_step_runs_do_not_change_any_metric(tmp_path):
     stepwise = run_simulation(small(max_steps=1))
     multi = run_simulation(small())
