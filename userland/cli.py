@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--block-size", type=int, default=16, help="tokens per block (default %(default)s)")
     memory.add_argument("--swap-blocks", type=int, default=4096, help="swap space in blocks (default %(default)s)")
     memory.add_argument("--preemption", default="auto", choices=["auto", "swap", "recompute"])
+    simb = bench_sub.add_parser("sim", help="the simulator's speed on the trace: multi-step runs against planning every step")
+    simb.add_argument("--requests", type=int, default=2000, help="first N trace requests (default %(default)s)")
+    simb.add_argument("--trace", default="default", help="trace file (default: the shared Azure trace)")
+    simb.add_argument("--rounds", type=int, default=1, help="alternating rounds; each figure is the best (default %(default)s)")
+    simb.add_argument("--json", action="store_true", help="print JSON")
     ipc = bench_sub.add_parser("ipc", help="round trip of a no-op syscall, in-process and over a socket")
     ipc.add_argument("--n", type=int, default=5000, help="round trips per transport")
     ipc.add_argument("--json", action="store_true", help="print JSON")
@@ -173,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
         from .bench_memory import run_bench_memory
 
         return run_bench_memory(args)
+    if args.command == "bench" and args.bench == "sim":
+        from .bench_sim import run_bench_sim
+
+        return run_bench_sim(args)
     if args.command == "bench" and args.bench == "dataparallel":
         from .bench_dataparallel import run_bench_dataparallel
 
