@@ -65,6 +65,8 @@ def lookahead_steps(
     seqs = batch.seqs
     if not all(c.sample for c in seqs):
         return ones  # a prefill chunk continues next step: a different batch
+    if any(p.pending_term for p in procs):
+        return ones  # a SIGTERM arrived while it was on the device: it ends after this step
     # Step 0 samples one token, each later step one more: a sequence's own limit.
     own = [p.max_tokens - len(p.output_ids) for p in procs]
     steps = min(limit, max(own) if none_waiting else min(own))

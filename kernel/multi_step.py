@@ -236,6 +236,8 @@ class MultiStepRuns:
                     blocks.append((0, 0, len(blocks), proc, position + 1))
                     if (position + 1) % block_size == 0:
                         blocks.append((0, 1, len(blocks), proc, position + 1))
+                    if proc.pending_term:  # a SIGTERM came first: apply() ends it at the step's end
+                        ending.append((proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"), ended_at))
                     continue
                 # Stopped and continued within the step: apply() keeps its token, and so do we.
             acct = proc.acct

@@ -309,3 +309,25 @@ def test_a_stop_token_at_any_step_of_a_run_ends_it_there():
     assert one == multi
     for (tokens, _, reason, _), k in zip(one.values(), stop_at, strict=True):
         assert reason is ExitReason.STOP and len(tokens) <= k + 1
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "rr"])
+def test_a_sigterm_then_sigstop_inside_a_run_ends_the_process_at_that_step(policy):
+    # SIGTERM while A is on the device leaves it pending; SIGSTOP in the same step stops it.
+    # A one-step loop's apply() ends it with SIGTERM at that step's end. A run's later steps
+    # used to skip the pending SIGTERM of a stopped process, so A lived on until SIGCONT.
+    async def scenario(kernel, llm):
+        a = await llm.spawn(prompt_ids=[5] * 8, max_tokens=200, seed=1, ignore_eos=True)
+        b = await llm.spawn(prompt_ids=[6] * 8, max_tokens=200, seed=2, ignore_eos=True)
+        await trio.sleep(0.1234567)
+        await llm.kill(a, "SIGTERM")
+        await llm.kill(a, "SIGSTOP")
+        await trio.sleep(0.0500001)
+        await llm.kill(a, "SIGCONT")
+        await trio.sleep(5)
+        return timed_outputs(kernel, [a, b])
+
+    one, multi, _ = run_twice(scenario, policy=policy, kv_blocks=256)
+    assert one == multi
+    (tokens, times, reason, finished_at), _ = one.values()
+    assert reason is ExitReason.SIGNAL and finished_at < 0.1234567 + 0.0500001 and len(tokens) < 200
