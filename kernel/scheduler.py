@@ -411,9 +411,9 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
         if limiter is None:
             # Most of every plan: the decodes, which go first. The loop below would plan them
             # alike, one check at a time; this one does only what a decode can need.
-            num_fast, budget = self._plan_decodes(decoding, budget)
-            unvisited_running -= num_fast
-            decoding = decoding[num_fast:]
+            num_planned, num_running, budget = self._plan_decodes(decoding, budget)
+            unvisited_running -= num_running
+            decoding = decoding[num_planned:]
         order = decoding + others + ranked[self.config.max_seqs :]
         for proc in order:
             if len(chunks) >= self.config.max_seqs or budget <= 0:
@@ -550,10 +550,12 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
 
     # -- batch chunks --------------------------------------------------------------------------
 
-    def _plan_decodes(self, decoding: list[Process], budget: int) -> tuple[int, int]:
+    def _plan_decodes(self, decoding: list[Process], budget: int) -> tuple[int, int, int]:
         """Plan ``decoding`` (running processes with one token left, in rank order) into the
-        batch while ``budget`` lasts, as ``plan``'s loop would; return how many it visited and
-        the budget left.
+        batch while ``budget`` lasts, as ``plan``'s loop would. Returns how many of them it
+        went through, how many of those were still running when it came to them (a victim
+        preempted earlier in the plan was not: plan's count of running processes left to
+        visit must not drop for it), and the budget left.
 
         A decode needs no memory work when its table already holds the position it writes,
         unshared; otherwise ``_make_room`` grows it (and may preempt: a victim later in the
@@ -562,13 +564,14 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
         chunks, chosen, preempted = self._chunks, self._chosen, self._preempted_now
         writable = self.kv.can_write_in_place
         shapes = self.shape_batches
-        visited = 0
+        visited = still_running = 0
         for proc in decoding:
             if budget <= 0:
                 break
             visited += 1
             if preempted and proc.pid in preempted:
-                continue
+                continue  # preempted as a victim earlier in this plan: no longer running
+            still_running += 1
             pid, start = proc.pid, proc.num_computed
             if not writable(pid, start):
                 planned = len(chunks)
@@ -585,7 +588,7 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
                                    SamplingParams(s.temperature, s.top_k, s.top_p, s.seed, len(output))))
             chosen.append(proc)
             budget -= 1
-        return visited, budget
+        return visited, still_running, budget
 
     def _chunk(self, proc: Process, num_new: int) -> SeqChunk:
         start = proc.num_computed
