@@ -232,6 +232,8 @@ class MultiStepRuns:
                         if proc.pending_term:
                             ending.append((proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"), ended_at))
                         continue
+                    proc.acct.time_running_s += elapsed  # it was served in that step, as apply() counts
+                    proc.acct.num_steps += num
                     position = proc.num_computed
                     blocks.append((0, 0, len(blocks), proc, position + 1))
                     if (position + 1) % block_size == 0:

@@ -331,3 +331,20 @@ def test_a_sigterm_then_sigstop_inside_a_run_ends_the_process_at_that_step(polic
     assert one == multi
     (tokens, times, reason, finished_at), _ = one.values()
     assert reason is ExitReason.SIGNAL and finished_at < 0.1234567 + 0.0500001 and len(tokens) < 200
+
+
+def test_a_process_stopped_inside_a_later_step_of_a_run_is_charged_for_that_step():
+    # apply() counts the step a process was stopped in (it was served); mlfq ages by that time.
+    async def scenario(kernel, llm):
+        a = await llm.spawn(prompt_ids=[5] * 8, max_tokens=100, seed=1, ignore_eos=True)
+        await llm.spawn(prompt_ids=[6] * 8, max_tokens=100, seed=2, ignore_eos=True)
+        await trio.sleep(0.1234567)
+        await llm.kill(a, "SIGSTOP")
+        await trio.sleep(0.05)
+        await llm.kill(a, "SIGCONT")
+        await trio.sleep(5)
+        acct = kernel.table.procs[a].acct
+        return timed_outputs(kernel, [a]), acct.num_steps, round(acct.time_running_s, 9)
+
+    one, multi, _ = run_twice(scenario, kv_blocks=256)
+    assert one == multi
