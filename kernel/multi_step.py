@@ -22,7 +22,7 @@ from .batch import StepBatch, StepResult
 from .horizon import Horizon, lookahead_steps
 from .kv_manager import KVCacheManager
 from .policy import Policy, is_stateless
-from .process import ExitReason, ExitStatus, Process, ProcState, Signal
+from .process import SIGTERM_EXIT, ExitReason, ExitStatus, Process, ProcState
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -221,25 +221,22 @@ class MultiStepRuns:
                     # Stopped during this segment's first step (the stop cut the run there). As
                     # apply() in a one-step loop: the step's plan took its block, the step's
                     # work is cached, and its token is dropped (drawn again after SIGCONT).
+                    proc.acct.num_steps += 1  # it was served in that step, as apply() counts
                     if first_step == 0:
                         chunk = seqs[index]
                         proc.acct.time_running_s += first_elapsed
-                        proc.acct.num_steps += 1
                         context = chunk.start_pos + len(chunk.token_ids)
                         proc.num_computed = context - 1
                         if context // block_size > chunk.start_pos // block_size:
                             blocks.append((0, 1, len(blocks), proc, context))
-                        if proc.pending_term:
-                            ending.append((proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"), ended_at))
-                        continue
-                    proc.acct.time_running_s += elapsed  # it was served in that step, as apply() counts
-                    proc.acct.num_steps += num
-                    position = proc.num_computed
-                    blocks.append((0, 0, len(blocks), proc, position + 1))
-                    if (position + 1) % block_size == 0:
-                        blocks.append((0, 1, len(blocks), proc, position + 1))
+                    else:
+                        proc.acct.time_running_s += elapsed
+                        position = proc.num_computed
+                        blocks.append((0, 0, len(blocks), proc, position + 1))
+                        if (position + 1) % block_size == 0:
+                            blocks.append((0, 1, len(blocks), proc, position + 1))
                     if proc.pending_term:  # a SIGTERM came first: apply() ends it at the step's end
-                        ending.append((proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"), ended_at))
+                        ending.append((proc, SIGTERM_EXIT, ended_at))
                     continue
                 # Stopped and continued within the step: apply() keeps its token, and so do we.
             acct = proc.acct
@@ -281,7 +278,7 @@ class MultiStepRuns:
             elif len(output) >= proc.max_tokens:
                 ending.append((proc, ExitStatus(ExitReason.LENGTH, message=f"reached max_tokens={proc.max_tokens}"), ended_at))
             elif proc.pending_term and stop_step == horizon.num_steps:
-                ending.append((proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"), None))
+                ending.append((proc, SIGTERM_EXIT, None))
         # The pool's state must evolve as in a one-step loop, or which cached blocks get evicted,
         # and so later prefix hits, would differ: at each step every sequence's new block is
         # taken (the step's plan), then every block the step filled is cached (its apply), in

@@ -74,6 +74,10 @@ class ExitStatus:
         }
 
 
+# How a process that a SIGTERM ended at a step boundary exits (a frozen value: shared).
+SIGTERM_EXIT = ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM")
+
+
 @dataclass
 class Accounting:
     """Per-process counters, like a Unix rusage."""

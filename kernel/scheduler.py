@@ -34,7 +34,7 @@ from .multi_step import HORIZON_BUDGET_MIN, MultiStepRuns
 from .names import NameServer
 from .policy import Policy, is_stateless
 from .preemption import PreemptionMode
-from .process import ExitReason, ExitStatus, Process, ProcState, Signal
+from .process import SIGTERM_EXIT, ExitReason, ExitStatus, Process, ProcState, Signal
 from .proctable import ProcessTable
 
 log = logging.getLogger(__name__)
@@ -399,7 +399,6 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
             else:
                 others.append(p)
         admitting = True  # the first waiting process that cannot get memory closes admission
-        kv = self.kv
         # Only a configured token rate can throttle anyone: otherwise skip the per-process check.
         limiter = self.limiter if self.limiter is not None and self.limiter.rate_limited else None
         self._throttled_until = float("inf")
@@ -508,7 +507,7 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
                 # is drawn again from the last position, whose KV we rewrite identically.
                 proc.num_computed -= 1
                 if proc.pending_term:
-                    self.finish(proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"), now)
+                    self.finish(proc, SIGTERM_EXIT, now)
                 continue
             if chunk.sample and token is not None:
                 output = proc.output_ids
@@ -523,7 +522,7 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
                 elif len(output) >= proc.max_tokens:
                     self.finish(proc, ExitStatus(ExitReason.LENGTH, message=f"reached max_tokens={proc.max_tokens}"), now)
             if proc.pending_term and proc.alive:
-                self.finish(proc, ExitStatus(ExitReason.SIGNAL, signal=Signal.SIGTERM, message="killed by SIGTERM"), now)
+                self.finish(proc, SIGTERM_EXIT, now)
         self._charge(served, now)
 
     def _charge(self, served: dict[str, int], now: float) -> None:
