@@ -398,7 +398,9 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
                 decoding.append(p)
             else:
                 others.append(p)
+        order = decoding + others + ranked[self.config.max_seqs :]
         admitting = True  # the first waiting process that cannot get memory closes admission
+        kv = self.kv
         # Only a configured token rate can throttle anyone: otherwise skip the per-process check.
         limiter = self.limiter if self.limiter is not None and self.limiter.rate_limited else None
         self._throttled_until = float("inf")
@@ -407,13 +409,6 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
         kv_limited = self.limiter is not None and self.limiter.kv_limited
         quota_full: set[str] = set()  # tenants whose next waiting process did not fit their KV quota
         unvisited_running = len(self._running)  # an overestimate once victims leave: safe
-        if limiter is None:
-            # Most of every plan: the decodes, which go first. The loop below would plan them
-            # alike, one check at a time; this one does only what a decode can need.
-            num_planned, num_running, budget = self._plan_decodes(decoding, budget)
-            unvisited_running -= num_running
-            decoding = decoding[num_planned:]
-        order = decoding + others + ranked[self.config.max_seqs :]
         for proc in order:
             if len(chunks) >= self.config.max_seqs or budget <= 0:
                 break
@@ -431,6 +426,12 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
             if is_running:
                 left = proc.num_tokens - proc.num_computed
                 num_new = min(left, budget)
+                if left == 1 and kv.can_write_in_place(proc.pid, proc.num_computed):
+                    # The common case, a decode whose block is already there: no memory work.
+                    chunks.append(self._decode_chunk(proc))
+                    self._chosen.append(proc)
+                    budget -= 1
+                    continue
                 planned = len(chunks)
                 grown = self._make_room(proc, num_new)
                 budget = self._budget_left(budget, planned)
@@ -549,45 +550,15 @@ class DeviceScheduler(MemoryPlanning, MultiStepRuns):
 
     # -- batch chunks --------------------------------------------------------------------------
 
-    def _plan_decodes(self, decoding: list[Process], budget: int) -> tuple[int, int, int]:
-        """Plan ``decoding`` (running processes with one token left, in rank order) into the
-        batch while ``budget`` lasts, as ``plan``'s loop would. Returns how many of them it
-        went through, how many of those were still running when it came to them (a victim
-        preempted earlier in the plan was not: plan's count of running processes left to
-        visit must not drop for it), and the budget left.
-
-        A decode needs no memory work when its table already holds the position it writes,
-        unshared; otherwise ``_make_room`` grows it (and may preempt: a victim later in the
-        list is skipped, one that preempted itself is not planned).
-        """
-        chunks, chosen, preempted = self._chunks, self._chosen, self._preempted_now
-        writable = self.kv.can_write_in_place
-        shapes = self.shape_batches
-        visited = still_running = 0
-        for proc in decoding:
-            if budget <= 0:
-                break
-            visited += 1
-            if preempted and proc.pid in preempted:
-                continue  # preempted as a victim earlier in this plan: no longer running
-            still_running += 1
-            pid, start = proc.pid, proc.num_computed
-            if not writable(pid, start):
-                planned = len(chunks)
-                grown = self._make_room(proc, 1)
-                budget = self._budget_left(budget, planned)
-                if not grown:
-                    continue
-            s = proc.sampling
-            output = proc.output_ids
-            # The one token left to compute is the sequence's last: the latest sampled one,
-            # or the prompt's last if nothing was sampled yet.
-            chunks.append(SeqChunk(pid, output[-1:] if output else proc.prompt_ids[-1:], start,
-                                   [] if shapes else self.kv.table(pid), True,
-                                   SamplingParams(s.temperature, s.top_k, s.top_p, s.seed, len(output))))
-            chosen.append(proc)
-            budget -= 1
-        return visited, still_running, budget
+    def _decode_chunk(self, proc: Process) -> SeqChunk:
+        """``_chunk(proc, 1)`` for a decoding process, built directly (the planner's hot path)."""
+        s = proc.sampling
+        output = proc.output_ids
+        # The one token left to compute is the sequence's last: the latest sampled one, or
+        # the prompt's last if nothing was sampled yet.
+        return SeqChunk(proc.pid, output[-1:] if output else proc.prompt_ids[-1:], proc.num_computed,
+                        [] if self.shape_batches else self.kv.table(proc.pid), True,
+                        SamplingParams(s.temperature, s.top_k, s.top_p, s.seed, len(output)))
 
     def _chunk(self, proc: Process, num_new: int) -> SeqChunk:
         start = proc.num_computed
