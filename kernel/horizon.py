@@ -121,10 +121,8 @@ class Horizon:
         return self.ends[self.num_steps - 1]
 
     def tokens(self, index: int, first_step: int, stop_step: int) -> list[int]:
-        """Sequence ``index``'s tokens of steps [first_step, stop_step)."""
+        """Sequence ``index``'s tokens of steps [first_step, stop_step), all >= 1."""
         base = index * self._stride - 1
-        if first_step == 0:
-            return [self.first.tokens[index], *self._more[base + 1 : base + stop_step]]
         return self._more[base + first_step : base + stop_step].tolist()
 
     def steps_done_by(self, now: float) -> int:

@@ -4,7 +4,7 @@ A modeled-time driver (sim, npu) can run several decode steps of a batch in one 
 planner proves they would be planned alike (``horizon.py``: ``lookahead_steps``). Here the
 scheduler asks for such a run (``_plan_lookahead``), lets its modeled time pass on the
 kernel's clock while watching for events that cut it (``_pass_modeled_time``), applies its
-steps in order, exits included (``_settle``, ``_apply_steps``), and sizes the next request
+steps in order, exits included (``_settle``, ``_apply_decodes``), and sizes the next request
 from how far recent runs got (``_learn_horizon``).
 
 A mixin of ``DeviceScheduler`` (scheduler.py), like memory_plan.py: these methods share the
@@ -148,23 +148,18 @@ class MultiStepRuns:
 
     def _settle(self, horizon: Horizon, num_steps: int) -> None:
         """Apply ``horizon``'s steps up to ``num_steps`` that are not applied yet."""
-        if num_steps <= horizon.num_applied:
-            return
-        stateless = is_stateless(self.policy)
-        if horizon.num_applied == 0 and not (stateless and horizon.num_planned > 1):
-            # A one-step result (its prefill chunks may not sample), or a policy that must see
-            # every step: step 0 goes through the scheduler's ordinary apply.
+        if horizon.num_applied == 0 and num_steps > 0:
             first = horizon.first
             self.apply(horizon.procs, horizon.batch, StepResult(first.tokens, first.elapsed_s, first.wall_s), horizon.ends[0])
             horizon.num_applied = 1
-            if num_steps <= 1:
-                return
-        if stateless:
+        if num_steps <= horizon.num_applied:
+            return
+        if is_stateless(self.policy):
             # In segments that end where a sequence leaves the run, so that what happens at
             # a step (an exit, the blocks it frees, the blocks taken after) happens in order.
             begin = horizon.num_applied
             for end in sorted({n for n in horizon.seq_steps if begin < n < num_steps} | {num_steps}):
-                self._apply_steps(horizon, begin, end)
+                self._apply_decodes(horizon, begin, end)
                 begin = end
         else:
             for step in range(horizon.num_applied, num_steps):
@@ -172,106 +167,62 @@ class MultiStepRuns:
                 # included: it was served; policies skip those that ended).
                 in_step = [p for p, n in zip(horizon.procs, horizon.seq_steps, strict=True) if n > step]
                 self.policy.on_step(in_step, {p.pid: 1 for p in in_step}, horizon.ends[step])
-                self._apply_steps(horizon, step, step + 1)
+                self._apply_decodes(horizon, step, step + 1)
         horizon.num_applied = num_steps
 
-    def _apply_steps(self, horizon: Horizon, first_step: int, stop_step: int) -> None:
-        """Record steps [first_step, stop_step) of a horizon, as apply() would one by one.
-
-        Step 0 is the plan's batch (every chunk samples in a run, but a prefill chunk computes
-        many tokens); it comes here only under a stateless policy, else apply() took it. Later
-        steps are one decode token per sequence.
-        """
+    def _apply_decodes(self, horizon: Horizon, first_step: int, stop_step: int) -> None:
+        """Record decode steps [first_step, stop_step) of a horizon (step 0 went through apply)."""
         # Callers pass ranges in which no sequence leaves the run (it may leave at the end).
         in_run = [i for i, n in enumerate(horizon.seq_steps) if n > first_step]
         num = stop_step - first_step
+        elapsed = sum(horizon.elapsed[first_step:stop_step])
         times = horizon.ends[first_step:stop_step]
-        stats = self.stats
-        stats.num_steps += num
-        # Float sums in apply()'s order (step 0 alone, then the rest), so totals stay exact.
-        first_elapsed = horizon.elapsed[0] if first_step == 0 else None
-        elapsed = sum(horizon.elapsed[max(first_step, 1):stop_step])
-        num_decodes = num - (first_step == 0)  # one-token steps, each with every sequence in run
-        if first_step == 0:
-            stats.num_tokens += horizon.batch.num_tokens
-            stats.busy_s += first_elapsed
-            self.last_batch = (len(horizon.batch.seqs), horizon.batch.num_tokens)
-        if num_decodes:
-            stats.num_tokens += num_decodes * len(in_run)
-            stats.busy_s += elapsed
-            self.last_batch = (len(in_run), len(in_run))
+        self.stats.num_steps += num
+        self.stats.num_tokens += num * len(in_run)
+        self.stats.busy_s += elapsed
+        self.last_batch = (len(in_run), len(in_run))
         kv = self.kv
         block_size = kv.block_size
         ended_at = horizon.ends[stop_step - 1]
-        charging = self.limiter is not None
-        served: dict[str, int] = {}  # tokens per tenant of the decode steps, charged once per tenant below
-        served_first: dict[str, int] = {}  # of step 0, charged at its end as apply() does
+        served: dict[str, int] = {}  # tokens per tenant, charged once per tenant below
         ending: list[tuple[Process, ExitStatus, float | None]] = []  # exits at the segment's last step
         blocks: list[tuple[int, int, int, Process, int]] = []  # (step, cache?, batch order, proc, tokens)
-        running, stopped = ProcState.RUNNING, ProcState.STOPPED
-        seqs = horizon.batch.seqs
+        running = ProcState.RUNNING
         # This loop runs for every sequence of every multi-step run: locals, attributes read once.
         for index in in_run:
             proc = horizon.procs[index]
-            state = proc.state
-            if state is not running:
-                if state is ProcState.ZOMBIE or (first_step and not kv.table_len(proc.pid)):
+            if proc.state is not running:
+                if proc.state is ProcState.ZOMBIE or not kv.table_len(proc.pid):
                     continue  # ended: its tokens of these steps are dropped
-                if state is stopped:
+                if proc.state is ProcState.STOPPED:
                     # Stopped during this segment's first step (the stop cut the run there). As
                     # apply() in a one-step loop: the step's plan took its block, the step's
                     # work is cached, and its token is dropped (drawn again after SIGCONT).
-                    proc.acct.num_steps += 1  # it was served in that step, as apply() counts
-                    if first_step == 0:
-                        chunk = seqs[index]
-                        proc.acct.time_running_s += first_elapsed
-                        context = chunk.start_pos + len(chunk.token_ids)
-                        proc.num_computed = context - 1
-                        if context // block_size > chunk.start_pos // block_size:
-                            blocks.append((0, 1, len(blocks), proc, context))
-                    else:
-                        proc.acct.time_running_s += elapsed
-                        position = proc.num_computed
-                        blocks.append((0, 0, len(blocks), proc, position + 1))
-                        if (position + 1) % block_size == 0:
-                            blocks.append((0, 1, len(blocks), proc, position + 1))
+                    proc.acct.time_running_s += elapsed  # it was served in that step, as apply() counts
+                    proc.acct.num_steps += num
+                    position = proc.num_computed
+                    blocks.append((0, 0, len(blocks), proc, position + 1))
+                    if (position + 1) % block_size == 0:
+                        blocks.append((0, 1, len(blocks), proc, position + 1))
                     if proc.pending_term:  # a SIGTERM came first: apply() ends it at the step's end
                         ending.append((proc, SIGTERM_EXIT, ended_at))
                     continue
                 # Stopped and continued within the step: apply() keeps its token, and so do we.
             acct = proc.acct
-            output = proc.output_ids
-            if first_step == 0:
-                # Step 0 computes the chunk (its plan took the blocks) and caches what it filled;
-                # step j >= 1 then writes position `anchor + j - 1`.
-                chunk = seqs[index]
-                acct.time_running_s += first_elapsed
-                anchor = chunk.start_pos + len(chunk.token_ids)
-                offset = 1
-                if anchor // block_size > chunk.start_pos // block_size:
-                    blocks.append((0, 1, len(blocks), proc, anchor))
-                if proc.first_token_at is None:
-                    proc.first_token_at = times[0]
-                if charging:
-                    served_first[proc.tenant] = served_first.get(proc.tenant, 0) + 1
-            else:
-                # Step first_step + j writes position `anchor + j`.
-                anchor = proc.num_computed
-                offset = 0
-            if num_decodes:
-                acct.time_running_s += elapsed
-                if charging:
-                    served[proc.tenant] = served.get(proc.tenant, 0) + num_decodes
+            acct.time_running_s += elapsed
             acct.num_steps += num
-            proc.num_computed = computed = anchor + num_decodes
+            before = proc.num_computed
+            proc.num_computed = computed = before + num
+            output = proc.output_ids
             output += horizon.tokens(index, first_step, stop_step)
+            served[proc.tenant] = served.get(proc.tenant, 0) + num
             proc.token_times += times
             # Blocks to take (at a step's plan) and to cache (once a step filled them), by the
             # step relative to this segment; run below in a one-step loop's order.
-            for position in range(-(-anchor // block_size) * block_size, computed, block_size):
-                blocks.append((position - anchor + offset, 0, len(blocks), proc, position + 1))
-            for end in range((anchor // block_size + 1) * block_size, computed + 1, block_size):
-                blocks.append((end - 1 - anchor + offset, 1, len(blocks), proc, end))
+            for position in range(-(-before // block_size) * block_size, computed, block_size):
+                blocks.append((position - before, 0, len(blocks), proc, position + 1))
+            for end in range((before // block_size + 1) * block_size, computed + 1, block_size):
+                blocks.append((end - 1 - before, 1, len(blocks), proc, end))
             proc.notify()
             if proc.stop_ids and output[-1] in proc.stop_ids:
                 ending.append((proc, ExitStatus(ExitReason.STOP, message="sampled a stop token"), ended_at))
@@ -291,10 +242,7 @@ class MultiStepRuns:
                 self._take_run_block(proc, num_tokens)
         for proc, status, at in ending:
             self.finish(proc, status, at)
-        if served_first:
-            self._charge(served_first, times[0])
-        if served:
-            self._charge(served, ended_at)
+        self._charge(served, ended_at)
 
     def _plan_lookahead(self, batch: StepBatch) -> list[int] | None:
         """Steps each sequence may take in this driver call (``horizon.py``); None: one step."""
