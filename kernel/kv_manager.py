@@ -51,7 +51,7 @@ from .kv_blocks import BlockPool, SwapSpace
 from .kv_hash import BlockHash, hash_blocks, iter_block_hashes
 
 
-@dataclass(slots=True)  # built at every table growth: not frozen (its __init__ costs several times more); a value
+@dataclass(slots=True)  # made at every table growth; not frozen, as a frozen __init__ costs several times more (treat as a value)
 class Allocation:
     """What ``allocate`` did to a process's table."""
 
