@@ -4,9 +4,9 @@ host swap space.
 Every block is in exactly one of three sets::
 
     used       ref >= 1                 in some block table; never handed out again
-    evictable  ref == 0, hash set       freed, but still holds a full cached block that a later
+    evictable  ref == 0, cached         freed, but still holds a full cached block that a later
                                         prefix hit may revive; LRU order, least recent first
-    empty      ref == 0, no hash        holds nothing anyone can find; FIFO order
+    empty      ref == 0, not cached     holds nothing anyone can find; FIFO order
 
 ``allocate`` takes empty blocks first and only then evicts the least recently freed cached
 block, so a cached block survives until its slot is really needed. ``num_free`` counts both
@@ -14,14 +14,36 @@ empty and evictable blocks: that is what an allocation can get.
 
 The pool knows nothing of processes: the KVCacheManager (kv_manager.py) owns the tables and
 calls ``allocate``/``share``/``release``. Running out of blocks is a return value (None).
+
+Cached blocks are grouped in families (``PrefixFamily``): those whose sequences begin with the
+same first block of the same tenant. Only blocks of one family can hold the same prefix, so a
+family that only one sequence ever cached into (most of them, unless prompts share prefixes)
+needs no hashes at all: its blocks are cached *lazily*, under the family and without a hash,
+until a second sequence commits into the family or a lookup starts with its first block; then
+the manager hashes them (``hash_lazily_cached``). Eviction, reuse and the LRU order are the
+same for lazily and eagerly cached blocks, so hashing late changes no decision.
 """
 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 
 from .kv_hash import BlockHash
+
+
+class PrefixFamily:
+    """The cached blocks whose sequences share one first block of one tenant (see the module
+    docstring). A family exists while it has a cached block."""
+
+    __slots__ = ("key", "num_cached", "chain")
+
+    def __init__(self, key: Hashable, chain: object | None) -> None:
+        self.key = key  # the manager's name for (tenant, first block's tokens)
+        self.num_cached = 0  # its blocks that are cached (used or evictable)
+        # The one sequence whose blocks it caches without hashes (lazily), or None once every
+        # cached block of the family is hashed. Opaque to the pool: the manager's state.
+        self.chain = chain
 
 
 class BlockPool:
@@ -38,14 +60,17 @@ class BlockPool:
         fresh, zeroed storage)."""
         n = self.num_blocks
         self._ref = [0] * n  # holders (block-table entries) of each block
-        self._hash: list[BlockHash | None] = [None] * n  # set iff the block is cached
+        self._family: list[PrefixFamily | None] = [None] * n  # set iff the block is cached
+        self._hash: list[BlockHash | None] = [None] * n  # set iff it is cached and hashed
         # The salt of the tenant whose KV the block may still hold; None if it never held any
         # since the driver allocated (zeroed) its storage. Drives the zeroing rule.
         self._owner: list[bytes | None] = [None] * n
         self._empty: deque[int] = deque(range(n))
         self._evictable: OrderedDict[int, None] = OrderedDict()  # first = least recently freed
         self._cached: dict[BlockHash, int] = {}
+        self._families: dict[Hashable, PrefixFamily] = {}  # key -> the family, while it caches a block
         # Invariant: _cached[h] == b  <=>  _hash[b] == h  (a bijection; duplicates never cached)
+        # Invariant: _hash[b] set  =>  _family[b] set; lazily cached blocks have a family, no hash
         # Invariant: _empty, _evictable and {b : _ref[b] > 0} partition range(num_blocks).
         self.num_evictions = 0  # cached blocks dropped to make room, since creation
         # Used blocks (ref > 0) per owner: a tenant's distinct blocks, shared ones once (quotas).
@@ -77,8 +102,20 @@ class BlockPool:
         return self._ref[block]
 
     def block_hash(self, block: int) -> BlockHash | None:
-        """The hash ``block`` is cached under, or None."""
+        """The hash ``block`` is cached under, or None (not cached, or cached lazily)."""
         return self._hash[block]
+
+    def is_cached(self, block: int) -> bool:
+        """Whether ``block`` holds a cached full block (hashed or lazily)."""
+        return self._family[block] is not None
+
+    def family(self, key: Hashable) -> PrefixFamily | None:
+        """The family named ``key``, or None if none of its blocks is cached."""
+        return self._families.get(key)
+
+    def lazy_families(self) -> list[PrefixFamily]:
+        """The families whose blocks are cached without hashes."""
+        return [f for f in self._families.values() if f.chain is not None]
 
     def owner(self, block: int) -> bytes | None:
         """The salt of the last tenant that held ``block`` (None: never held since reset)."""
@@ -97,7 +134,7 @@ class BlockPool:
         return list(self._evictable)
 
     def cached_items(self) -> dict[BlockHash, int]:
-        """A copy of the hash -> block map."""
+        """A copy of the hash -> block map (lazily cached blocks are not in it)."""
         return dict(self._cached)
 
     def can_allocate(self, num_blocks: int, reserve: int = 0) -> bool:
@@ -124,11 +161,10 @@ class BlockPool:
         num_evicted = num_blocks - len(blocks)
         if num_evicted:
             # Drop the least recently freed cached blocks from the cache.
-            hashes, cached, popitem = self._hash, self._cached, evictable.popitem
+            popitem = evictable.popitem
             for _ in range(num_evicted):
                 block = popitem(last=False)[0]
-                del cached[hashes[block]]  # Invariant: evictable blocks are cached
-                hashes[block] = None
+                self._forget(block)  # Invariant: evictable blocks are cached
                 blocks.append(block)
             self.num_evictions += num_evicted
         owners, ref = self._owner, self._ref
@@ -154,7 +190,7 @@ class BlockPool:
         A freed cached block joins the evictable queue's tail (most recently used), so blocks
         released later are evicted later; a freed uncached one joins the empty queue's tail.
         """
-        ref, used_by, owner, hashes = self._ref, self._used_by, self._owner, self._hash  # every freed block passes here
+        ref, used_by, owner, family = self._ref, self._used_by, self._owner, self._family  # every freed block passes here
         for block in blocks:
             count = ref[block]
             if count <= 0:
@@ -162,32 +198,35 @@ class BlockPool:
             ref[block] = count - 1
             if count == 1:
                 used_by[owner[block]] -= 1
-                if hashes[block] is not None:
+                if family[block] is not None:
                     self._evictable[block] = None
                 else:
                     self._empty.append(block)
 
-    def register(self, block: int, block_hash: BlockHash) -> bool:
-        """Cache used ``block`` under ``block_hash``; False (no change) if it is already cached.
+    def register_all(self, blocks: Iterable[int], block_hashes: Iterable[BlockHash], key: Hashable) -> int:
+        """Cache used blocks under their hashes, in order, in family ``key``; returns how many
+        were newly cached.
 
-        If another block already holds ``block_hash`` (two processes computed the same prefix),
-        the first stays cached and this one is not: the map stays a bijection.
+        If another block already holds a hash (two processes computed the same prefix), the
+        first stays cached and this one is not: the map stays a bijection.
 
         Raises:
-            ValueError: ``block`` is free, or cached under a different hash (the caller passed
-                tokens that differ from those the block was computed from).
+            ValueError: a block is free, or cached under a different hash (the caller passed
+                tokens that differ from those the block was computed from), or the family
+                caches lazily (``hash_lazily_cached`` first).
         """
-        return self.register_all([block], [block_hash]) == 1
-
-    def register_all(self, blocks: Iterable[int], block_hashes: Iterable[BlockHash]) -> int:
-        """``register`` each block under its hash, in order; returns how many were newly cached."""
-        ref, hashes, cached = self._ref, self._hash, self._cached
+        ref, hashes, cached, families = self._ref, self._hash, self._cached, self._family
+        family = self._families.get(key)
+        if family is None:
+            family = PrefixFamily(key, None)
+        elif family.chain is not None:
+            raise ValueError("the family caches lazily: hash its blocks first")
         num_cached = 0
         for block, block_hash in zip(blocks, block_hashes, strict=True):
             if ref[block] == 0:
                 raise ValueError(f"block {block} is free")
             current = hashes[block]
-            if current is not None:
+            if current is not None or families[block] is not None:
                 if current != block_hash:
                     raise ValueError(f"block {block} is cached under another hash")
                 continue
@@ -195,16 +234,63 @@ class BlockPool:
                 continue
             hashes[block] = block_hash
             cached[block_hash] = block
+            families[block] = family
             num_cached += 1
+        if num_cached:
+            family.num_cached += num_cached
+            self._families[key] = family
         return num_cached
+
+    def cache_lazily(self, blocks: list[int], key: Hashable, chain: object) -> int:
+        """Cache used, uncached blocks of ``chain``, the one sequence of family ``key``, without
+        hashes; returns how many (all of them). The family is made if it has no cached block.
+
+        Raises:
+            ValueError: a block is free or cached, or another sequence caches into the family.
+        """
+        family = self._families.get(key)
+        if family is None:
+            family = self._families[key] = PrefixFamily(key, chain)
+        elif family.chain is not chain:
+            raise ValueError("another sequence caches into this family")
+        ref, families = self._ref, self._family
+        for block in blocks:
+            if ref[block] == 0 or families[block] is not None:
+                raise ValueError(f"block {block} is free or already cached")
+            families[block] = family
+        family.num_cached += len(blocks)
+        return len(blocks)
+
+    def hash_lazily_cached(self, family: PrefixFamily, blocks: Iterable[int], block_hashes: Iterable[BlockHash]) -> None:
+        """The hashes of a lazy family's chain are computed: each of ``blocks`` (the chain's
+        committed blocks, in order) that is still lazily cached in ``family`` is now cached under
+        its hash; the family caches eagerly from now on."""
+        hashes, cached, families = self._hash, self._cached, self._family
+        for block, block_hash in zip(blocks, block_hashes, strict=True):
+            if families[block] is family and hashes[block] is None:
+                # Only this chain cached into the family, and its prefixes all differ in length.
+                assert block_hash not in cached, "a lazily cached block duplicates a hashed one"
+                hashes[block] = block_hash
+                cached[block_hash] = block
+        family.chain = None
+
+    def _forget(self, block: int) -> None:
+        """Take ``block`` out of the cache (it is cached)."""
+        family = self._family[block]
+        self._family[block] = None
+        block_hash = self._hash[block]
+        if block_hash is not None:
+            del self._cached[block_hash]
+            self._hash[block] = None
+        family.num_cached -= 1
+        if not family.num_cached:
+            del self._families[family.key]
 
     def uncache(self, block: int) -> None:
         """Take ``block`` out of the prefix cache: its contents cannot be trusted (no-op if uncached)."""
-        block_hash = self._hash[block]
-        if block_hash is None:
+        if self._family[block] is None:
             return
-        del self._cached[block_hash]
-        self._hash[block] = None
+        self._forget(block)
         if self._ref[block] == 0:  # evictable: now merely empty
             del self._evictable[block]
             self._empty.append(block)
@@ -217,11 +303,19 @@ class BlockPool:
         assert not (empty & evictable) and not (used & (empty | evictable)), "sets overlap"
         assert len(empty | evictable | used) == self.num_blocks, "a block is lost"
         assert all(r >= 0 for r in self._ref), "negative reference count"
-        assert all(self._hash[b] is None for b in empty), "an empty block is cached"
-        assert all(self._hash[b] is not None for b in evictable), "an evictable block is uncached"
+        assert all(self._family[b] is None for b in empty), "an empty block is cached"
+        assert all(self._family[b] is not None for b in evictable), "an evictable block is uncached"
         for block_hash, block in self._cached.items():
             assert self._hash[block] == block_hash, f"map and block {block} disagree"
         assert sum(h is not None for h in self._hash) == len(self._cached), "stray block hash"
+        assert all(f is not None for f, h in zip(self._family, self._hash) if h is not None), "hashed, no family"
+        members = Counter(id(f) for f in self._family if f is not None)
+        for key, family in self._families.items():
+            assert family.key == key and members.pop(id(family), 0) == family.num_cached > 0, "family count"
+        assert not members, "a cached block's family is unknown"
+        for block, family in enumerate(self._family):
+            if family is not None and family.chain is not None:
+                assert self._hash[block] is None, f"block {block} of a lazy family is hashed"
         used_by = Counter(self._owner[b] for b in used)
         assert +self._used_by == used_by, f"per-owner use {dict(self._used_by)} != {dict(used_by)}"
 

@@ -25,7 +25,17 @@ must do (zero, copy, swap) as plain lists. It never touches KV storage itself::
 
 Invariants (``check_invariants``): every block's reference count equals the number of table
 entries holding it; a swapped-out process holds no device block and owns its swap slots alone;
-a process's ``hashes`` are the hash chain of its leading full, computed blocks.
+a process's ``hashes`` are the hash chain of its leading full, computed blocks, as far as they
+are computed.
+
+Hashing on demand: hashing every full block of every prompt (blake2b, ~1 us a block) was the
+largest single cost of a long simulation, yet a hash only matters when two sequences can hold
+the same prefix, and those begin with the same first block. So the cache is indexed by the
+first block (``PrefixFamily`` in kv_blocks.py): a sequence alone in its family caches its
+blocks without hashes (``cache_lazily``), and its hashes are computed only when a second
+sequence commits into the family, forks from it, or looks up a prompt with the same first
+block (``_hash_lazy``). Which blocks are cached, shared and evicted is exactly what hashing
+every block at once gives; tests/kernel/test_kv_manager_stateful.py checks that, step by step.
 
 Rules the caller relies on:
 - Zeroing: a fresh block from ``allocate`` is listed in ``blocks_to_zero`` iff its last owner
@@ -43,12 +53,15 @@ before the next step that reads those blocks.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .kv_blocks import BlockPool, SwapSpace
+from .kv_blocks import BlockPool, PrefixFamily, SwapSpace
 from .kv_hash import BlockHash, hash_blocks, iter_block_hashes
+
+FamilyKey = bytes  # the tenant's salt and the first block's tokens, packed: names a PrefixFamily
 
 
 @dataclass(slots=True)  # made at every table growth; not frozen, as a frozen __init__ costs several times more (treat as a value)
@@ -63,15 +76,23 @@ class Allocation:
     cached_blocks: list[int]  # the shared prefix-cache blocks at the head of the table
 
 
-@dataclass
+@dataclass(eq=False)
 class _Seq:
-    """One process's KV state. Resident iff ``slots`` is None."""
+    """One process's KV state. Resident iff ``slots`` is None.
+
+    Its first ``num_committed`` blocks are full, computed and were offered to the prefix cache;
+    ``hashes`` chains the first of them, and all of them unless it is the lazy chain of its
+    family (then ``tokens`` keeps its sequence for hashing the rest later, even after it ended).
+    """
 
     salt: bytes  # its tenant's salt: hashes and the zeroing rule use it
     blocks: list[int] = field(default_factory=list)  # the block table; empty while swapped
     slots: list[int] | None = None  # swap slots in table order while swapped out, else None
     num_tokens: int = 0  # positions the table must hold (for fragmentation figures)
-    hashes: list[BlockHash] = field(default_factory=list)  # chain of its full computed blocks
+    hashes: list[BlockHash] = field(default_factory=list)  # chain of its committed blocks, so far
+    num_committed: int = 0
+    family_key: FamilyKey | None = None  # set once it has a full block
+    tokens: Sequence[int] = ()  # its sequence, while it caches lazily
 
 
 class KVCacheManager:
@@ -171,13 +192,27 @@ class KVCacheManager:
         """
         return len(self._match_prefix(token_ids, salt)[0]) * self.block_size
 
+    def cached_items(self) -> dict[BlockHash, int]:
+        """The prefix cache as a hash -> block map, lazily cached blocks hashed first.
+
+        For tests and inspection: it costs a hash per lazily cached block, and which blocks
+        are cached does not change.
+        """
+        for family in self.pool.lazy_families():
+            self._hash_lazy(family)
+        return self.pool.cached_items()
+
     def _match_prefix(self, token_ids: Sequence[int], salt: bytes) -> tuple[list[int], list[BlockHash]]:
         """The cached blocks (and their hashes) of the longest cached prefix of ``token_ids``.
 
         The last token is never matched: the step must compute it to get logits to sample from.
         """
-        if not self.enable_prefix_cache or not token_ids:
+        if not self.enable_prefix_cache or len(token_ids) <= self.block_size:
             return [], []
+        family = self.pool.family(self._family_key(token_ids, salt))
+        if family is None:
+            return [], []  # no cached block begins with this one: nothing to hash
+        self._hash_others(family)
         blocks: list[int] = []
         hashes: list[BlockHash] = []
         stop = (len(token_ids) - 1) // self.block_size
@@ -188,6 +223,36 @@ class KVCacheManager:
             blocks.append(block)
             hashes.append(block_hash)
         return blocks, hashes
+
+    def _family_key(self, token_ids: Sequence[int], salt: bytes) -> FamilyKey:
+        # Bytes, not a tuple: a bytes object keeps its hash, and a sequence's key is looked up
+        # at every block it fills. Length-prefixed, so no two (salt, tokens) pairs share a key.
+        return b"".join((len(salt).to_bytes(2, "little"), salt, array("q", token_ids[: self.block_size]).tobytes()))
+
+    def _hash_lazy(self, family: PrefixFamily) -> None:
+        """Compute the hashes of ``family``'s lazy chain: its lazily cached blocks become
+        ordinary cached blocks, and the family caches eagerly from now on."""
+        seq = family.chain
+        assert isinstance(seq, _Seq)
+        size, first, stop = self.block_size, len(seq.hashes), seq.num_committed
+        hashes = hash_blocks(seq.hashes[-1] if seq.hashes else None, seq.tokens[first * size : stop * size], size, seq.salt)
+        seq.hashes += hashes
+        seq.tokens = ()
+        # Its committed blocks are those it held when it committed them: a lazy chain's blocks
+        # are never shared, so never copied on write, and a swap-out hashes first.
+        self.pool.hash_lazily_cached(family, seq.blocks[first:stop], hashes)
+
+    def _hash_others(self, family: PrefixFamily | None) -> None:
+        """A sequence is about to cache into ``family`` by hash: hash its lazy chain, if any."""
+        if family is not None and family.chain is not None:
+            self._hash_lazy(family)  # a second sequence in the family: hashes now matter
+
+    def _hash_if_lazy(self, seq: _Seq) -> None:
+        """Make sure ``seq``'s hashes are complete (it may be its family's lazy chain)."""
+        if seq.family_key is not None:
+            family = self.pool.family(seq.family_key)
+            if family is not None and family.chain is seq:
+                self._hash_lazy(family)
 
     def _resident(self, pid: int) -> _Seq:
         seq = self._seqs.get(pid)
@@ -246,6 +311,9 @@ class KVCacheManager:
             seq = self._seqs[pid] = _Seq(salt)
         seq.blocks += hit_blocks + new_blocks
         seq.hashes = hit_hashes
+        seq.num_committed = len(hit_hashes)
+        if hit_hashes:
+            seq.family_key = self._family_key(token_ids, salt)
         if self.enable_prefix_cache:
             self.num_query_tokens += len(token_ids)
             self.num_hit_tokens += len(hit_blocks) * self.block_size
@@ -273,8 +341,8 @@ class KVCacheManager:
     def commit_full_blocks(self, pid: int, token_ids: Sequence[int], num_computed: int) -> int:
         """Cache ``pid``'s blocks that are full and computed, so later processes can hit them.
 
-        Call after a step computed KV for positions [0, num_computed). Hashes are chained
-        incrementally from the last committed block, so each block is hashed once.
+        Call after a step computed KV for positions [0, num_computed). Each block is committed
+        once; alone in its family, it is cached without hashing (see the module docstring).
 
         Returns:
             How many blocks were newly cached (a block whose hash another block already holds
@@ -285,13 +353,22 @@ class KVCacheManager:
             return 0
         size = self.block_size
         num_full = min(num_computed, len(token_ids), len(seq.blocks) * size) // size
-        first = len(seq.hashes)
+        first = seq.num_committed
         if first >= num_full:
             return 0
+        if seq.family_key is None:
+            seq.family_key = self._family_key(token_ids, seq.salt)
+        family = self.pool.family(seq.family_key)
+        seq.num_committed = num_full
+        if family is None or family.chain is seq:
+            # Alone in its family: the common case (prompts that share no prefix).
+            seq.tokens = token_ids
+            return self.pool.cache_lazily(seq.blocks[first:num_full], seq.family_key, seq)
+        self._hash_others(family)
         tokens = token_ids[first * size : num_full * size]  # one slice: token_ids may be a view
         hashes = hash_blocks(seq.hashes[-1] if seq.hashes else None, tokens, size, seq.salt)
         seq.hashes += hashes
-        return self.pool.register_all(seq.blocks[first:num_full], hashes)
+        return self.pool.register_all(seq.blocks[first:num_full], hashes, seq.family_key)
 
     def fork(self, parent_pid: int, child_pids: list[int]) -> None:
         """Give each child a table sharing all of the parent's blocks (copy-on-write).
@@ -303,8 +380,10 @@ class KVCacheManager:
         parent = self._resident(parent_pid)
         if len(set(child_pids)) != len(child_pids) or any(c in self._seqs for c in child_pids):
             raise ValueError("fork: a child pid already has KV state or is repeated")
+        self._hash_if_lazy(parent)  # its family gets more sequences
         for child in child_pids:
-            self._seqs[child] = _Seq(parent.salt, list(parent.blocks), None, parent.num_tokens, list(parent.hashes))
+            self._seqs[child] = _Seq(parent.salt, list(parent.blocks), None, parent.num_tokens, list(parent.hashes),
+                                     parent.num_committed, parent.family_key)
             for block in parent.blocks:
                 self.pool.share(block)
 
@@ -382,6 +461,7 @@ class KVCacheManager:
         slots = self.swap.allocate(len(seq.blocks))
         if slots is None:
             return None
+        self._hash_if_lazy(seq)  # swap_in re-caches its blocks by hash
         pairs = list(zip(seq.blocks, slots, strict=True))
         self.pool.release(reversed(seq.blocks))
         seq.blocks, seq.slots = [], slots
@@ -409,9 +489,10 @@ class KVCacheManager:
         pairs = list(zip(seq.slots, taken[0], strict=True))
         self.swap.release(seq.slots)
         seq.blocks, seq.slots = taken[0], None
-        if self.enable_prefix_cache:
-            for block, block_hash in zip(seq.blocks, seq.hashes, strict=False):
-                self.pool.register(block, block_hash)
+        if self.enable_prefix_cache and seq.hashes:
+            assert seq.family_key is not None  # it had a full block to hash
+            self._hash_others(self.pool.family(seq.family_key))
+            self.pool.register_all(seq.blocks[: len(seq.hashes)], seq.hashes, seq.family_key)
         self.num_swapped_in += len(pairs)
         return pairs
 
@@ -499,7 +580,7 @@ class KVCacheManager:
         for pid, seq in self._seqs.items():
             assert len(set(seq.blocks)) == len(seq.blocks), f"pid {pid} holds a block twice"
             assert seq.slots is None or not seq.blocks, f"swapped pid {pid} holds device blocks"
-            assert len(seq.hashes) <= len(seq.blocks or seq.slots or []), f"pid {pid}: stray hashes"
+            assert len(seq.hashes) <= seq.num_committed <= len(seq.blocks or seq.slots or []), f"pid {pid}: stray hashes"
             for block in seq.blocks:
                 refs[block] += 1
             slots += seq.slots or []

@@ -20,7 +20,7 @@ def snapshot(kv: KVCacheManager) -> tuple:
         [kv.pool.ref_count(b) for b in range(kv.num_blocks)],
         kv.pool.empty_blocks(),
         kv.pool.evictable_blocks(),
-        kv.pool.cached_items(),
+        kv.cached_items(),
         kv.meminfo(),
     )
 
@@ -135,7 +135,7 @@ def test_no_prefix_hits_across_tenants_even_for_identical_tokens():
     a = kv.allocate(2, prompt, 9, B)
     assert (a.num_cached_tokens, a.new_blocks) == (0, [3, 4, 5])
     assert kv.commit_full_blocks(2, prompt, 9) == 2  # cached separately, under B's hashes
-    assert len(kv.pool.cached_items()) == 4
+    assert len(kv.cached_items()) == 4
 
 
 def test_duplicate_prefix_computed_twice_is_cached_once():
@@ -145,7 +145,7 @@ def test_duplicate_prefix_computed_twice_is_cached_once():
     kv.allocate(2, prompt, 5, A)  # nothing committed yet: no hit, computes its own copy
     assert kv.commit_full_blocks(1, prompt, 5) == 1
     assert kv.commit_full_blocks(2, prompt, 5) == 0
-    assert kv.pool.cached_items() == {hash_block(None, prompt[:4], A): 0}
+    assert kv.cached_items() == {hash_block(None, prompt[:4], A): 0}
 
 
 def test_cached_blocks_are_evicted_lru_tail_of_a_sequence_first():
@@ -285,7 +285,7 @@ def test_swap_out_keeps_shared_blocks_resident_for_the_other_holders():
     assert snapshot(kv) == before
     assert kv.swap_in(2) == [(0, 3), (1, 4), (2, 5)]
     assert kv.table(2) == [3, 4, 5] and kv.swapped() == [] and kv.meminfo()["swap_used"] == 0
-    assert kv.pool.cached_items()[hash_block(None, prompt[:4], A)] == 0  # first copy stays cached
+    assert kv.cached_items()[hash_block(None, prompt[:4], A)] == 0  # first copy stays cached
     kv.check_invariants()
 
 
@@ -365,6 +365,6 @@ def test_reset_forgets_everything_and_owners():
     kv.allocate(1, [1] * 8, 8, A)
     kv.commit_full_blocks(1, [1] * 8, 8)
     kv.reset()
-    assert kv.holders() == [] and kv.num_free_blocks == 4 and kv.pool.cached_items() == {}
+    assert kv.holders() == [] and kv.num_free_blocks == 4 and kv.cached_items() == {}
     assert kv.allocate(2, [2] * 16, 16, B).blocks_to_zero == []  # fresh driver storage
     kv.check_invariants()

@@ -6,7 +6,9 @@ kernel asked it to write. Besides the manager's own invariants, after every rule
   free and used swap slots, partition their spaces; the hash map agrees with the pool;
 - every computed position of every resident process reads back its own token (prefix hits,
   COW copies and swap round trips moved the right data);
-- no resident block holds another tenant's data (the zeroing rule is sufficient).
+- no resident block holds another tenant's data (the zeroing rule is sufficient);
+- the manager as the kernel runs it, which hashes a block only once another sequence may share
+  it, decides exactly as one that hashes every committed block at once (``LazyAndEager``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from llmos.kernel.kv_hash import hash_blocks
 from llmos.kernel.kv_manager import KVCacheManager
 
 BLOCK_SIZE = 4
@@ -48,10 +51,34 @@ class FakeDriver:
             self.blocks[block] = list(self.swap[slot])
 
 
+class LazyAndEager:
+    """Two managers driven alike: ``lazy`` as the kernel runs it, and ``eager``, whose cached
+    blocks are all hashed after every call, as if each block were hashed when committed. Every
+    method call goes to both and must return the same; attributes (``pool``) are the lazy one's."""
+
+    def __init__(self) -> None:
+        self.lazy = KVCacheManager(NUM_BLOCKS, BLOCK_SIZE, num_swap_blocks=NUM_SWAP)
+        self.eager = KVCacheManager(NUM_BLOCKS, BLOCK_SIZE, num_swap_blocks=NUM_SWAP)
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self.lazy, name)
+        if not callable(attribute):
+            return attribute
+
+        def both(*args, **kwargs):
+            result = attribute(*args, **kwargs)
+            expected = getattr(self.eager, name)(*args, **kwargs)
+            self.eager.cached_items()  # hashes every lazily cached block
+            assert result == expected, f"{name}: lazy {result!r} != eager {expected!r}"
+            return result
+
+        return both
+
+
 class KVMachine(RuleBasedStateMachine):
     @initialize()
     def setup(self) -> None:
-        self.kv = KVCacheManager(NUM_BLOCKS, BLOCK_SIZE, num_swap_blocks=NUM_SWAP)
+        self.kv = LazyAndEager()
         self.driver = FakeDriver()
         self.tokens: dict[int, list[int]] = {}  # live pid -> its sequence
         self.computed: dict[int, int] = {}  # live pid -> positions whose KV is written
@@ -160,8 +187,24 @@ class KVMachine(RuleBasedStateMachine):
         self.kv.check_invariants()
 
     @invariant()
+    def hashing_late_decides_as_hashing_at_once(self) -> None:
+        lazy, eager = self.kv.lazy.pool, self.kv.eager.pool
+        assert lazy.empty_blocks() == eager.empty_blocks()
+        assert lazy.evictable_blocks() == eager.evictable_blocks()
+        for block in range(NUM_BLOCKS):
+            assert lazy.is_cached(block) == eager.is_cached(block)
+            assert lazy.block_hash(block) in (None, eager.block_hash(block))
+            assert eager.is_cached(block) == (eager.block_hash(block) is not None)
+        for pid in self.tokens:
+            assert self.kv.lazy.table(pid) == self.kv.eager.table(pid)
+
+    def teardown(self) -> None:
+        if hasattr(self, "kv"):
+            assert self.kv.lazy.cached_items() == self.kv.eager.cached_items()
+
+    @invariant()
     def refs_partition_and_hash_map_agree(self) -> None:
-        kv, pool = self.kv, self.kv.pool
+        kv, pool = self.kv.eager, self.kv.eager.pool
         holders = [0] * NUM_BLOCKS
         for pid in self.tokens:
             for block in kv.table(pid):
@@ -187,9 +230,18 @@ class KVMachine(RuleBasedStateMachine):
 
     @invariant()
     def cached_blocks_hold_what_their_hash_names(self) -> None:
-        # A cached block is full and computed: every slot holds a token of one tenant.
-        for block in self.kv.pool.cached_items().values():
-            assert all(s is not None for s in self.driver.blocks[block])
+        # A cached block is full and computed: every slot holds a token of one tenant, and its
+        # hash names the prefix its table position says.
+        for block in range(NUM_BLOCKS):
+            if self.kv.pool.is_cached(block):
+                assert all(s is not None for s in self.driver.blocks[block])
+        eager = self.kv.eager
+        for pid in self._resident():
+            table = eager.table(pid)
+            full = self.computed[pid] // BLOCK_SIZE
+            chain = hash_blocks(None, self.tokens[pid][: full * BLOCK_SIZE], BLOCK_SIZE, self.salt[pid])
+            for block, block_hash in zip(table, chain, strict=False):
+                assert eager.pool.block_hash(block) in (None, block_hash)
 
 
 TestKVMachine = KVMachine.TestCase
