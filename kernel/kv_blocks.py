@@ -308,7 +308,7 @@ class BlockPool:
         for block_hash, block in self._cached.items():
             assert self._hash[block] == block_hash, f"map and block {block} disagree"
         assert sum(h is not None for h in self._hash) == len(self._cached), "stray block hash"
-        assert all(f is not None for f, h in zip(self._family, self._hash) if h is not None), "hashed, no family"
+        assert all(f is not None for f, h in zip(self._family, self._hash, strict=True) if h is not None), "hashed, no family"
         members = Counter(id(f) for f in self._family if f is not None)
         for key, family in self._families.items():
             assert family.key == key and members.pop(id(family), 0) == family.num_cached > 0, "family count"
