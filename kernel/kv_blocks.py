@@ -160,11 +160,19 @@ class BlockPool:
         blocks = [empty.popleft() for _ in range(min(num_blocks, len(empty)))]
         num_evicted = num_blocks - len(blocks)
         if num_evicted:
-            # Drop the least recently freed cached blocks from the cache.
-            popitem = evictable.popitem
+            # Drop the least recently freed cached blocks from the cache (``_forget``, inlined:
+            # on a full device nearly every block handed out is an evicted one).
+            popitem, families, hashes = evictable.popitem, self._family, self._hash
             for _ in range(num_evicted):
                 block = popitem(last=False)[0]
-                self._forget(block)  # Invariant: evictable blocks are cached
+                family = families[block]  # Invariant: evictable blocks are cached
+                families[block] = None
+                if hashes[block] is not None:
+                    del self._cached[hashes[block]]
+                    hashes[block] = None
+                family.num_cached -= 1
+                if not family.num_cached:
+                    del self._families[family.key]
                 blocks.append(block)
             self.num_evictions += num_evicted
         owners, ref = self._owner, self._ref
