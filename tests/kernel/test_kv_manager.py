@@ -148,6 +148,55 @@ def test_duplicate_prefix_computed_twice_is_cached_once():
     assert kv.cached_items() == {hash_block(None, prompt[:4], A): 0}
 
 
+def test_a_sequence_alone_in_its_family_caches_without_hashing_until_another_may_share():
+    kv = KVCacheManager(num_blocks=12, block_size=4)
+    prompt = list(range(13))
+    kv.allocate(1, prompt, 13, A)
+    assert kv.commit_full_blocks(1, prompt, 13) == 3
+    # Cached, but no blake2b yet: nobody else begins with block 0's tokens.
+    assert [kv.pool.is_cached(b) for b in range(4)] == [True, True, True, False]
+    assert [kv.pool.block_hash(b) for b in range(3)] == [None, None, None]
+    kv.allocate(2, [99] * 9, 9, A)
+    kv.commit_full_blocks(2, [99] * 9, 9)  # another family: still nothing hashed
+    assert kv.pool.block_hash(0) is None and len(kv.pool.lazy_families()) == 2
+    # Tenant B's identical tokens are another family: they hash nothing either.
+    assert kv.cached_prefix(prompt, B) == 0 and kv.pool.block_hash(0) is None
+    # A lookup that begins with the same block hashes the chain, then hits as ever.
+    assert kv.cached_prefix(prompt[:10], A) == 8
+    assert [kv.pool.block_hash(b) for b in range(3)] == hash_blocks(None, prompt[:12], 4, A)
+    assert len(kv.pool.lazy_families()) == 1
+    kv.check_invariants()
+
+
+def test_a_second_sequence_committing_the_same_prefix_hashes_the_first():
+    kv = KVCacheManager(num_blocks=12, block_size=4)
+    prompt = list(range(9))
+    kv.allocate(1, prompt, 9, A)
+    kv.allocate(2, prompt[:4] + [50, 51, 52, 53, 54], 9, A)  # nothing cached yet: no hit
+    kv.commit_full_blocks(1, prompt, 9)
+    assert kv.pool.block_hash(0) is None
+    # Pid 2 shares block 0's tokens: pid 1's blocks are hashed, pid 2's block 0 is a duplicate
+    # (not cached) and its block 1, a different prefix, is cached under its hash.
+    assert kv.commit_full_blocks(2, prompt[:4] + [50, 51, 52, 53, 54], 9) == 1
+    assert kv.pool.block_hash(0) == hash_block(None, prompt[:4], A)
+    assert kv.pool.block_hash(1) == hash_blocks(None, prompt[:8], 4, A)[1]
+    assert not kv.pool.is_cached(3) and kv.pool.block_hash(4) is not None
+    assert kv.pool.lazy_families() == []
+    kv.check_invariants()
+
+
+def test_a_family_ends_with_its_last_cached_block():
+    kv = KVCacheManager(num_blocks=4, block_size=4)
+    prompt = list(range(12))
+    kv.allocate(1, prompt, 12, A)
+    kv.commit_full_blocks(1, prompt, 12)
+    kv.free(1)  # three cached blocks, evictable: the family and its tokens stay
+    assert len(kv.pool.lazy_families()) == 1
+    kv.allocate(2, [7] * 16, 16, A)  # evicts all three
+    assert kv.pool.lazy_families() == [] and kv.cached_prefix(prompt, A) == 0
+    kv.check_invariants()
+
+
 def test_cached_blocks_are_evicted_lru_tail_of_a_sequence_first():
     kv = KVCacheManager(num_blocks=6, block_size=4)
     p1, p2, p3 = list(range(8)), list(range(10, 18)), list(range(20, 32))
