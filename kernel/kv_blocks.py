@@ -117,6 +117,10 @@ class BlockPool:
         """The families whose blocks are cached without hashes."""
         return [f for f in self._families.values() if f.chain is not None]
 
+    def family_blocks(self, family: PrefixFamily) -> list[int]:
+        """The cached blocks of ``family`` (O(blocks): for checks)."""
+        return [b for b, f in enumerate(self._family) if f is family]
+
     def owner(self, block: int) -> bytes | None:
         """The salt of the last tenant that held ``block`` (None: never held since reset)."""
         return self._owner[block]
@@ -211,7 +215,7 @@ class BlockPool:
                 else:
                     self._empty.append(block)
 
-    def register_all(self, blocks: Iterable[int], block_hashes: Iterable[BlockHash], key: Hashable) -> int:
+    def register_all(self, blocks: list[int], block_hashes: list[BlockHash], key: Hashable) -> int:
         """Cache used blocks under their hashes, in order, in family ``key``; returns how many
         were newly cached.
 
@@ -219,9 +223,9 @@ class BlockPool:
         first stays cached and this one is not: the map stays a bijection.
 
         Raises:
-            ValueError: a block is free, or cached under a different hash (the caller passed
-                tokens that differ from those the block was computed from), or the family
-                caches lazily (``hash_lazily_cached`` first).
+            ValueError, changing nothing: a block is free, or cached under a different hash (the
+                caller passed tokens that differ from those the block was computed from), or
+                the family caches lazily (``hash_lazily_cached`` first).
         """
         ref, hashes, cached, families = self._ref, self._hash, self._cached, self._family
         family = self._families.get(key)
@@ -229,17 +233,17 @@ class BlockPool:
             family = PrefixFamily(key, None)
         elif family.chain is not None:
             raise ValueError("the family caches lazily: hash its blocks first")
-        num_cached = 0
-        for block, block_hash in zip(blocks, block_hashes, strict=True):
+        if len(blocks) != len(block_hashes):
+            raise ValueError(f"{len(blocks)} blocks for {len(block_hashes)} hashes")
+        for block, block_hash in zip(blocks, block_hashes, strict=True):  # check all, then change
             if ref[block] == 0:
                 raise ValueError(f"block {block} is free")
-            current = hashes[block]
-            if current is not None or families[block] is not None:
-                if current != block_hash:
-                    raise ValueError(f"block {block} is cached under another hash")
-                continue
-            if block_hash in cached:
-                continue
+            if families[block] is not None and hashes[block] != block_hash:
+                raise ValueError(f"block {block} is cached under another hash")
+        num_cached = 0
+        for block, block_hash in zip(blocks, block_hashes, strict=True):
+            if families[block] is not None or block_hash in cached:
+                continue  # cached already, or a duplicate of another cached block
             hashes[block] = block_hash
             cached[block_hash] = block
             families[block] = family
@@ -249,22 +253,31 @@ class BlockPool:
             self._families[key] = family
         return num_cached
 
-    def cache_lazily(self, blocks: list[int], key: Hashable, chain: object) -> int:
-        """Cache used, uncached blocks of ``chain``, the one sequence of family ``key``, without
-        hashes; returns how many (all of them). The family is made if it has no cached block.
+    def cache_lazily(self, blocks: list[int], key: Hashable, chain: object) -> int | None:
+        """Cache blocks of ``chain``, the one sequence of family ``key``, without hashes;
+        returns how many (all of them), or None, changing nothing, if a block is shared (a
+        lazily cached block must be its chain's alone: the chain finds it by table position
+        when it hashes, and a shared block could be copied away from there on write). The
+        family is made if it has no cached block.
 
         Raises:
-            ValueError: a block is free or cached, or another sequence caches into the family.
+            ValueError, changing nothing: a block is free or cached, or another sequence caches
+                into the family.
         """
         family = self._families.get(key)
-        if family is None:
-            family = self._families[key] = PrefixFamily(key, chain)
-        elif family.chain is not chain:
+        if family is not None and family.chain is not chain:
             raise ValueError("another sequence caches into this family")
         ref, families = self._ref, self._family
+        for block in blocks:  # check all, then change
+            if ref[block] == 0:
+                raise ValueError(f"block {block} is free")
+            if families[block] is not None:
+                raise ValueError(f"block {block} is cached under another prefix")
+            if ref[block] > 1:
+                return None
+        if family is None:
+            family = self._families[key] = PrefixFamily(key, chain)
         for block in blocks:
-            if ref[block] == 0 or families[block] is not None:
-                raise ValueError(f"block {block} is free or already cached")
             families[block] = family
         family.num_cached += len(blocks)
         return len(blocks)
@@ -322,8 +335,8 @@ class BlockPool:
             assert family.key == key and members.pop(id(family), 0) == family.num_cached > 0, "family count"
         assert not members, "a cached block's family is unknown"
         for block, family in enumerate(self._family):
-            if family is not None and family.chain is not None:
-                assert self._hash[block] is None, f"block {block} of a lazy family is hashed"
+            if family is not None:
+                assert (self._hash[block] is None) == (family.chain is not None), f"block {block}: lazy iff unhashed"
         used_by = Counter(self._owner[b] for b in used)
         assert +self._used_by == used_by, f"per-owner use {dict(self._used_by)} != {dict(used_by)}"
 

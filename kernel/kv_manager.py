@@ -34,8 +34,12 @@ the same prefix, and those begin with the same first block. So the cache is inde
 first block (``PrefixFamily`` in kv_blocks.py): a sequence alone in its family caches its
 blocks without hashes (``cache_lazily``), and its hashes are computed only when a second
 sequence commits into the family, forks from it, or looks up a prompt with the same first
-block (``_hash_lazy``). Which blocks are cached, shared and evicted is exactly what hashing
-every block at once gives; tests/kernel/test_kv_manager_stateful.py checks that, step by step.
+block (``_hash_lazy``). A lazy chain's cached blocks are its own: blocks it shares (a fork
+before any commit) are hashed at once. Which blocks are cached, shared and evicted is exactly
+what hashing every block at once gives; tests/kernel/test_kv_manager_stateful.py checks that,
+step by step. The price is memory: a lazy chain keeps its sequence's tokens until its family is
+hashed or its last cached block is evicted, even after its process ended (one per family, so
+at most one per cached block).
 
 Rules the caller relies on:
 - Zeroing: a fresh block from ``allocate`` is listed in ``blocks_to_zero`` iff its last owner
@@ -186,7 +190,8 @@ class KVCacheManager:
         return list(seq.slots) if seq and seq.slots is not None else []
 
     def cached_prefix(self, token_ids: Sequence[int], salt: bytes) -> int:
-        """Tokens a first allocation of ``token_ids`` would find cached now (no side effects).
+        """Tokens a first allocation of ``token_ids`` would find cached now (what is cached does
+        not change; it may hash a family's lazily cached blocks).
 
         The planner uses it to size the chunk: compute starts after the cached tokens.
         """
@@ -239,7 +244,8 @@ class KVCacheManager:
         seq.hashes += hashes
         seq.tokens = ()
         # Its committed blocks are those it held when it committed them: a lazy chain's blocks
-        # are never shared, so never copied on write, and a swap-out hashes first.
+        # are its own (cache_lazily takes no shared block, and a fork or a prefix hit hashes
+        # first), so never copied on write, and a swap-out hashes first.
         self.pool.hash_lazily_cached(family, seq.blocks[first:stop], hashes)
 
     def _hash_others(self, family: PrefixFamily | None) -> None:
@@ -342,11 +348,17 @@ class KVCacheManager:
         """Cache ``pid``'s blocks that are full and computed, so later processes can hit them.
 
         Call after a step computed KV for positions [0, num_computed). Each block is committed
-        once; alone in its family, it is cached without hashing (see the module docstring).
+        once. Alone in its family, a block is cached without hashing (see the module docstring)
+        and ``token_ids`` is kept to hash it later: the committed tokens must never change
+        (a process's prompt and sampled tokens do not).
 
         Returns:
             How many blocks were newly cached (a block whose hash another block already holds
             is not cached twice).
+
+        Raises:
+            ValueError, changing nothing: ``pid`` is not resident, or a block is cached under
+                a hash of other tokens.
         """
         seq = self._resident(pid)
         if not self.enable_prefix_cache:
@@ -356,19 +368,28 @@ class KVCacheManager:
         first = seq.num_committed
         if first >= num_full:
             return 0
-        if seq.family_key is None:
-            seq.family_key = self._family_key(token_ids, seq.salt)
-        family = self.pool.family(seq.family_key)
-        seq.num_committed = num_full
+        key = seq.family_key or self._family_key(token_ids, seq.salt)
+        family = self.pool.family(key)
+        blocks = seq.blocks[first:num_full]
         if family is None or family.chain is seq:
             # Alone in its family: the common case (prompts that share no prefix).
-            seq.tokens = token_ids
-            return self.pool.cache_lazily(seq.blocks[first:num_full], seq.family_key, seq)
-        self._hash_others(family)
+            num_cached = self.pool.cache_lazily(blocks, key, seq)
+            if num_cached is not None:
+                seq.family_key, seq.num_committed, seq.tokens = key, num_full, token_ids
+                return num_cached
+            # Shared blocks (a fork before any commit): cached by hash, like a family's second
+            # sequence, so that a copy-on-write of one cannot lose it.
+        if family is not None and family.chain is not seq:
+            self._hash_others(family)
+        elif family is not None:
+            self._hash_lazy(family)  # its own earlier blocks, before it hashes on
+        assert len(seq.hashes) == first, "a sequence hashes on from its last hashed block"
         tokens = token_ids[first * size : num_full * size]  # one slice: token_ids may be a view
         hashes = hash_blocks(seq.hashes[-1] if seq.hashes else None, tokens, size, seq.salt)
+        num_cached = self.pool.register_all(blocks, hashes, key)
+        seq.family_key, seq.num_committed = key, num_full
         seq.hashes += hashes
-        return self.pool.register_all(seq.blocks[first:num_full], hashes, seq.family_key)
+        return num_cached
 
     def fork(self, parent_pid: int, child_pids: list[int]) -> None:
         """Give each child a table sharing all of the parent's blocks (copy-on-write).
@@ -587,4 +608,11 @@ class KVCacheManager:
         for block, count in enumerate(refs):
             assert self.pool.ref_count(block) == count, f"block {block}: ref != holders"
         assert len(slots) == len(set(slots)), "a swap slot is owned twice"
+        for family in self.pool.lazy_families():
+            # A lazy chain's cached blocks are its own, at the table positions it committed.
+            seq = family.chain
+            assert isinstance(seq, _Seq) and seq.family_key == family.key, "a lazy family's chain"
+            own = set(seq.blocks[len(seq.hashes) : seq.num_committed])
+            for block in self.pool.family_blocks(family):
+                assert block in own and self.pool.ref_count(block) <= 1, f"block {block}: not its chain's alone"
         assert set(slots) == self.swap.used_slots(), "swap slots and owners disagree"

@@ -197,6 +197,36 @@ def test_a_family_ends_with_its_last_cached_block():
     kv.check_invariants()
 
 
+def test_blocks_shared_by_a_fork_before_any_commit_are_cached_by_hash():
+    # The child commits blocks it shares with its parent; a copy-on-write of one must not lose
+    # the cached original (a lazily cached block is found by its table position).
+    kv = KVCacheManager(num_blocks=8, block_size=2)
+    tokens = [1, 2, 3, 4, 5]
+    kv.allocate(1, tokens, 5, A)
+    kv.fork(1, [2])
+    assert kv.commit_full_blocks(2, tokens, 4) == 2
+    assert kv.pool.block_hash(0) == hash_block(None, [1, 2], A)
+    assert kv.prepare_write(2, 0, 2) == [(0, 3)]
+    assert kv.cached_prefix(tokens, A) == 4
+    a = kv.allocate(3, tokens, 5, A)
+    assert (a.cached_blocks, a.new_blocks) == ([0, 1], [4])
+    kv.check_invariants()
+
+
+def test_a_commit_that_contradicts_the_cache_raises_and_changes_nothing():
+    kv = KVCacheManager(num_blocks=6, block_size=2)
+    kv.allocate(1, [1, 1, 5, 5, 7], 5, A)
+    kv.fork(1, [2])
+    kv.commit_full_blocks(1, [1, 1, 5, 5, 7], 2)
+    before = snapshot(kv)
+    with pytest.raises(ValueError, match="cached under another prefix"):
+        kv.commit_full_blocks(2, [2, 2, 6, 6, 7], 4)  # other tokens than its blocks hold
+    assert snapshot(kv) == before
+    kv.check_invariants()
+    assert kv.commit_full_blocks(2, [1, 1, 5, 5, 7], 4) == 1  # its true tokens still commit
+    kv.check_invariants()
+
+
 def test_cached_blocks_are_evicted_lru_tail_of_a_sequence_first():
     kv = KVCacheManager(num_blocks=6, block_size=4)
     p1, p2, p3 = list(range(8)), list(range(10, 18)), list(range(20, 32))
