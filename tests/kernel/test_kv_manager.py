@@ -25,6 +25,12 @@ def snapshot(kv: KVCacheManager) -> tuple:
     )
 
 
+def computed(kv: KVCacheManager, pid: int, tokens: list[int], salt: bytes = A) -> None:
+    """Give ``pid`` the blocks for all of ``tokens`` and commit them, as a prefill step does."""
+    assert kv.allocate(pid, tokens, len(tokens), salt) is not None
+    kv.commit_full_blocks(pid, tokens, len(tokens))
+
+
 # -- hashing -------------------------------------------------------------------------------
 
 
@@ -156,8 +162,7 @@ def test_a_sequence_alone_in_its_family_caches_without_hashing_until_another_may
     # Cached, but no blake2b yet: nobody else begins with block 0's tokens.
     assert [kv.pool.is_cached(b) for b in range(4)] == [True, True, True, False]
     assert [kv.pool.block_hash(b) for b in range(3)] == [None, None, None]
-    kv.allocate(2, [99] * 9, 9, A)
-    kv.commit_full_blocks(2, [99] * 9, 9)  # another family: still nothing hashed
+    computed(kv, 2, [99] * 9)  # another family: still nothing hashed
     assert kv.pool.block_hash(0) is None and len(kv.pool.lazy_families()) == 2
     # Tenant B's identical tokens are another family: they hash nothing either.
     assert kv.cached_prefix(prompt, B) == 0 and kv.pool.block_hash(0) is None
@@ -170,17 +175,16 @@ def test_a_sequence_alone_in_its_family_caches_without_hashing_until_another_may
 
 def test_a_second_sequence_committing_the_same_prefix_hashes_the_first():
     kv = KVCacheManager(num_blocks=12, block_size=4)
-    prompt = list(range(9))
-    kv.allocate(1, prompt, 9, A)
-    kv.allocate(2, prompt[:4] + [50, 51, 52, 53, 54], 9, A)  # nothing cached yet: no hit
-    kv.commit_full_blocks(1, prompt, 9)
-    assert kv.pool.block_hash(0) is None
+    prompt, other = list(range(9)), list(range(4)) + [50, 51, 52, 53, 54]
+    kv.allocate(2, other, 9, A)  # nothing cached yet: computes its own copy of block 0
+    computed(kv, 1, prompt)
+    assert kv.pool.block_hash(4) is None
     # Pid 2 shares block 0's tokens: pid 1's blocks are hashed, pid 2's block 0 is a duplicate
     # (not cached) and its block 1, a different prefix, is cached under its hash.
-    assert kv.commit_full_blocks(2, prompt[:4] + [50, 51, 52, 53, 54], 9) == 1
-    assert kv.pool.block_hash(0) == hash_block(None, prompt[:4], A)
-    assert kv.pool.block_hash(1) == hash_blocks(None, prompt[:8], 4, A)[1]
-    assert not kv.pool.is_cached(3) and kv.pool.block_hash(4) is not None
+    assert kv.commit_full_blocks(2, other, 9) == 1
+    assert kv.pool.block_hash(3) == hash_block(None, prompt[:4], A)
+    assert kv.pool.block_hash(4) == hash_blocks(None, prompt[:8], 4, A)[1]
+    assert not kv.pool.is_cached(0) and kv.pool.block_hash(1) is not None
     assert kv.pool.lazy_families() == []
     kv.check_invariants()
 
@@ -188,8 +192,7 @@ def test_a_second_sequence_committing_the_same_prefix_hashes_the_first():
 def test_a_family_ends_with_its_last_cached_block():
     kv = KVCacheManager(num_blocks=4, block_size=4)
     prompt = list(range(12))
-    kv.allocate(1, prompt, 12, A)
-    kv.commit_full_blocks(1, prompt, 12)
+    computed(kv, 1, prompt)
     kv.free(1)  # three cached blocks, evictable: the family and its tokens stay
     assert len(kv.pool.lazy_families()) == 1
     kv.allocate(2, [7] * 16, 16, A)  # evicts all three
