@@ -19,9 +19,9 @@ Cached blocks are grouped in families (``PrefixFamily``): those whose sequences 
 same first block of the same tenant. Only blocks of one family can hold the same prefix, so a
 family that only one sequence ever cached into (most of them, unless prompts share prefixes)
 needs no hashes at all: its blocks are cached *lazily*, under the family and without a hash,
-until a second sequence commits into the family or a lookup starts with its first block; then
-the manager hashes them (``hash_lazily_cached``). Eviction, reuse and the LRU order are the
-same for lazily and eagerly cached blocks, so hashing late changes no decision.
+until the manager hashes them (``hash_family``; kv_manager.py says when). Eviction, reuse and
+the LRU order are the same for lazily and eagerly cached blocks, so hashing late changes no
+decision.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class BlockPool:
         fresh, zeroed storage)."""
         n = self.num_blocks
         self._ref = [0] * n  # holders (block-table entries) of each block
-        self._family: list[PrefixFamily | None] = [None] * n  # set iff the block is cached
+        self._block_family: list[PrefixFamily | None] = [None] * n  # set iff the block is cached
         self._hash: list[BlockHash | None] = [None] * n  # set iff it is cached and hashed
         # The salt of the tenant whose KV the block may still hold; None if it never held any
         # since the driver allocated (zeroed) its storage. Drives the zeroing rule.
@@ -68,7 +68,7 @@ class BlockPool:
         self._empty: deque[int] = deque(range(n))
         self._evictable: OrderedDict[int, None] = OrderedDict()  # first = least recently freed
         self._cached: dict[BlockHash, int] = {}
-        self._families: dict[Hashable, PrefixFamily] = {}  # key -> the family, while it caches a block
+        self._family_by_key: dict[Hashable, PrefixFamily] = {}  # key -> the family, while it caches a block
         # Invariant: _cached[h] == b  <=>  _hash[b] == h  (a bijection; duplicates never cached)
         # Invariant: _hash[b] set  =>  _family[b] set; lazily cached blocks have a family, no hash
         # Invariant: _empty, _evictable and {b : _ref[b] > 0} partition range(num_blocks).
@@ -107,19 +107,19 @@ class BlockPool:
 
     def is_cached(self, block: int) -> bool:
         """Whether ``block`` holds a cached full block (hashed or lazily)."""
-        return self._family[block] is not None
+        return self._block_family[block] is not None
 
     def family(self, key: Hashable) -> PrefixFamily | None:
         """The family named ``key``, or None if none of its blocks is cached."""
-        return self._families.get(key)
+        return self._family_by_key.get(key)
 
     def lazy_families(self) -> list[PrefixFamily]:
         """The families whose blocks are cached without hashes."""
-        return [f for f in self._families.values() if f.chain is not None]
+        return [f for f in self._family_by_key.values() if f.chain is not None]
 
     def family_blocks(self, family: PrefixFamily) -> list[int]:
         """The cached blocks of ``family`` (O(blocks): for checks)."""
-        return [b for b, f in enumerate(self._family) if f is family]
+        return [b for b, f in enumerate(self._block_family) if f is family]
 
     def owner(self, block: int) -> bytes | None:
         """The salt of the last tenant that held ``block`` (None: never held since reset)."""
@@ -166,17 +166,18 @@ class BlockPool:
         if num_evicted:
             # Drop the least recently freed cached blocks from the cache (``_forget``, inlined:
             # on a full device nearly every block handed out is an evicted one).
-            popitem, families, hashes = evictable.popitem, self._family, self._hash
+            popitem, block_family, hashes = evictable.popitem, self._block_family, self._hash
+            cached, family_by_key = self._cached, self._family_by_key
             for _ in range(num_evicted):
                 block = popitem(last=False)[0]
-                family = families[block]  # Invariant: evictable blocks are cached
-                families[block] = None
+                family = block_family[block]  # Invariant: evictable blocks are cached
+                block_family[block] = None
                 if hashes[block] is not None:
-                    del self._cached[hashes[block]]
+                    del cached[hashes[block]]
                     hashes[block] = None
                 family.num_cached -= 1
                 if not family.num_cached:
-                    del self._families[family.key]
+                    del family_by_key[family.key]
                 blocks.append(block)
             self.num_evictions += num_evicted
         owners, ref = self._owner, self._ref
@@ -202,7 +203,7 @@ class BlockPool:
         A freed cached block joins the evictable queue's tail (most recently used), so blocks
         released later are evicted later; a freed uncached one joins the empty queue's tail.
         """
-        ref, used_by, owner, family = self._ref, self._used_by, self._owner, self._family  # every freed block passes here
+        ref, used_by, owner, block_family = self._ref, self._used_by, self._owner, self._block_family  # every freed block passes here
         for block in blocks:
             count = ref[block]
             if count <= 0:
@@ -210,25 +211,25 @@ class BlockPool:
             ref[block] = count - 1
             if count == 1:
                 used_by[owner[block]] -= 1
-                if family[block] is not None:
+                if block_family[block] is not None:
                     self._evictable[block] = None
                 else:
                     self._empty.append(block)
 
-    def register_all(self, blocks: list[int], block_hashes: list[BlockHash], key: Hashable) -> int:
+    def cache_hashed(self, blocks: list[int], block_hashes: list[BlockHash], key: Hashable) -> int:
         """Cache used blocks under their hashes, in order, in family ``key``; returns how many
-        were newly cached.
+        were newly cached (already cached blocks and duplicates are skipped).
 
         If another block already holds a hash (two processes computed the same prefix), the
         first stays cached and this one is not: the map stays a bijection.
 
         Raises:
-            ValueError, changing nothing: a block is free, or cached under a different hash (the
+            ValueError, changing nothing: a block is free, or cached under another prefix (the
                 caller passed tokens that differ from those the block was computed from), or
-                the family caches lazily (``hash_lazily_cached`` first).
+                the family caches lazily (``hash_family`` first).
         """
-        ref, hashes, cached, families = self._ref, self._hash, self._cached, self._family
-        family = self._families.get(key)
+        ref, hashes, cached, block_family = self._ref, self._hash, self._cached, self._block_family
+        family = self._family_by_key.get(key)
         if family is None:
             family = PrefixFamily(key, None)
         elif family.chain is not None:
@@ -238,19 +239,19 @@ class BlockPool:
         for block, block_hash in zip(blocks, block_hashes, strict=True):  # check all, then change
             if ref[block] == 0:
                 raise ValueError(f"block {block} is free")
-            if families[block] is not None and hashes[block] != block_hash:
-                raise ValueError(f"block {block} is cached under another hash")
+            if block_family[block] is not None and hashes[block] != block_hash:
+                raise ValueError(f"block {block} is cached under another prefix")
         num_cached = 0
         for block, block_hash in zip(blocks, block_hashes, strict=True):
-            if families[block] is not None or block_hash in cached:
+            if block_family[block] is not None or block_hash in cached:
                 continue  # cached already, or a duplicate of another cached block
             hashes[block] = block_hash
             cached[block_hash] = block
-            families[block] = family
+            block_family[block] = family
             num_cached += 1
         if num_cached:
             family.num_cached += num_cached
-            self._families[key] = family
+            self._family_by_key[key] = family
         return num_cached
 
     def cache_lazily(self, blocks: list[int], key: Hashable, chain: object) -> int | None:
@@ -264,31 +265,31 @@ class BlockPool:
             ValueError, changing nothing: a block is free or cached, or another sequence caches
                 into the family.
         """
-        family = self._families.get(key)
+        family = self._family_by_key.get(key)
         if family is not None and family.chain is not chain:
             raise ValueError("another sequence caches into this family")
-        ref, families = self._ref, self._family
+        ref, block_family = self._ref, self._block_family
         for block in blocks:  # check all, then change
             if ref[block] == 0:
                 raise ValueError(f"block {block} is free")
-            if families[block] is not None:
+            if block_family[block] is not None:
                 raise ValueError(f"block {block} is cached under another prefix")
             if ref[block] > 1:
                 return None
         if family is None:
-            family = self._families[key] = PrefixFamily(key, chain)
+            family = self._family_by_key[key] = PrefixFamily(key, chain)
         for block in blocks:
-            families[block] = family
+            block_family[block] = family
         family.num_cached += len(blocks)
         return len(blocks)
 
-    def hash_lazily_cached(self, family: PrefixFamily, blocks: Iterable[int], block_hashes: Iterable[BlockHash]) -> None:
-        """The hashes of a lazy family's chain are computed: each of ``blocks`` (the chain's
-        committed blocks, in order) that is still lazily cached in ``family`` is now cached under
-        its hash; the family caches eagerly from now on."""
-        hashes, cached, families = self._hash, self._cached, self._family
+    def hash_family(self, family: PrefixFamily, blocks: Iterable[int], block_hashes: Iterable[BlockHash]) -> None:
+        """Give a lazy family its hashes: each of ``blocks`` (its chain's committed blocks, in
+        order) that is still lazily cached in ``family`` is cached under its hash from now on,
+        and the family caches by hash."""
+        hashes, cached, block_family = self._hash, self._cached, self._block_family
         for block, block_hash in zip(blocks, block_hashes, strict=True):
-            if families[block] is family and hashes[block] is None:
+            if block_family[block] is family and hashes[block] is None:
                 # Only this chain cached into the family, and its prefixes all differ in length.
                 assert block_hash not in cached, "a lazily cached block duplicates a hashed one"
                 hashes[block] = block_hash
@@ -296,20 +297,21 @@ class BlockPool:
         family.chain = None
 
     def _forget(self, block: int) -> None:
-        """Take ``block`` out of the cache (it is cached)."""
-        family = self._family[block]
-        self._family[block] = None
+        """Take ``block`` out of the cache (it is cached). ``allocate`` has an inlined copy for
+        evictions: change both together."""
+        family = self._block_family[block]
+        self._block_family[block] = None
         block_hash = self._hash[block]
         if block_hash is not None:
             del self._cached[block_hash]
             self._hash[block] = None
         family.num_cached -= 1
         if not family.num_cached:
-            del self._families[family.key]
+            del self._family_by_key[family.key]
 
     def uncache(self, block: int) -> None:
         """Take ``block`` out of the prefix cache: its contents cannot be trusted (no-op if uncached)."""
-        if self._family[block] is None:
+        if self._block_family[block] is None:
             return
         self._forget(block)
         if self._ref[block] == 0:  # evictable: now merely empty
@@ -324,17 +326,17 @@ class BlockPool:
         assert not (empty & evictable) and not (used & (empty | evictable)), "sets overlap"
         assert len(empty | evictable | used) == self.num_blocks, "a block is lost"
         assert all(r >= 0 for r in self._ref), "negative reference count"
-        assert all(self._family[b] is None for b in empty), "an empty block is cached"
-        assert all(self._family[b] is not None for b in evictable), "an evictable block is uncached"
+        assert all(self._block_family[b] is None for b in empty), "an empty block is cached"
+        assert all(self._block_family[b] is not None for b in evictable), "an evictable block is uncached"
         for block_hash, block in self._cached.items():
             assert self._hash[block] == block_hash, f"map and block {block} disagree"
         assert sum(h is not None for h in self._hash) == len(self._cached), "stray block hash"
-        assert all(f is not None for f, h in zip(self._family, self._hash, strict=True) if h is not None), "hashed, no family"
-        members = Counter(id(f) for f in self._family if f is not None)
-        for key, family in self._families.items():
+        assert all(f is not None for f, h in zip(self._block_family, self._hash, strict=True) if h is not None), "hashed, no family"
+        members = Counter(id(f) for f in self._block_family if f is not None)
+        for key, family in self._family_by_key.items():
             assert family.key == key and members.pop(id(family), 0) == family.num_cached > 0, "family count"
         assert not members, "a cached block's family is unknown"
-        for block, family in enumerate(self._family):
+        for block, family in enumerate(self._block_family):
             if family is not None:
                 assert (self._hash[block] is None) == (family.chain is not None), f"block {block}: lazy iff unhashed"
         used_by = Counter(self._owner[b] for b in used)

@@ -25,21 +25,24 @@ must do (zero, copy, swap) as plain lists. It never touches KV storage itself::
 
 Invariants (``check_invariants``): every block's reference count equals the number of table
 entries holding it; a swapped-out process holds no device block and owns its swap slots alone;
-a process's ``hashes`` are the hash chain of its leading full, computed blocks, as far as they
-are computed.
+a process's ``hashes`` are the hash chain of its committed (full, computed, offered to the
+cache) blocks: all of them, unless it is its family's lazy chain (below), then a prefix of them.
 
-Hashing on demand: hashing every full block of every prompt (blake2b, ~1 us a block) was the
-largest single cost of a long simulation, yet a hash only matters when two sequences can hold
-the same prefix, and those begin with the same first block. So the cache is indexed by the
-first block (``PrefixFamily`` in kv_blocks.py): a sequence alone in its family caches its
-blocks without hashes (``cache_lazily``), and its hashes are computed only when a second
-sequence commits into the family, forks from it, or looks up a prompt with the same first
-block (``_hash_lazy``). A lazy chain's cached blocks are its own: blocks it shares (a fork
-before any commit) are hashed at once. Which blocks are cached, shared and evicted is exactly
-what hashing every block at once gives; tests/kernel/test_kv_manager_stateful.py checks that,
-step by step. The price is memory: a lazy chain keeps its sequence's tokens until its family is
-hashed or its last cached block is evicted, even after its process ended (one per family, so
-at most one per cached block).
+Hashing on demand: hashing every full block of every prompt was the largest single cost of a
+long simulation, yet a hash only matters when two sequences can hold the same prefix, and those
+begin with the same first block. So the cache is indexed by the first block (``PrefixFamily``
+in kv_blocks.py). A sequence alone in its family caches its blocks without hashes
+(``cache_lazily``); they are hashed (``_hash_chain``) when
+- a second sequence commits into the family (``commit_full_blocks``, ``swap_in``),
+- a lookup begins with the family's first block (``allocate``, ``cached_prefix``),
+- the sequence forks or swaps out (its blocks get more holders, or come back under new ids),
+- or someone asks for the whole hash map (``cached_items``).
+A lazy chain's cached blocks are its own: blocks it shares (a fork before any commit) are
+hashed at once. Which blocks are cached, shared and evicted is exactly what hashing every block
+at once gives; tests/kernel/test_kv_manager_stateful.py checks that step by step against a
+manager whose blocks are all hashed after every call. The price is memory: a lazy chain keeps
+its process's token lists (and its block list) until its family is hashed or its last cached
+block is evicted, even after the process ended: at most one chain per cached block.
 
 Rules the caller relies on:
 - Zeroing: a fresh block from ``allocate`` is listed in ``blocks_to_zero`` iff its last owner
@@ -85,8 +88,8 @@ class _Seq:
     """One process's KV state. Resident iff ``slots`` is None.
 
     Its first ``num_committed`` blocks are full, computed and were offered to the prefix cache;
-    ``hashes`` chains the first of them, and all of them unless it is the lazy chain of its
-    family (then ``tokens`` keeps its sequence for hashing the rest later, even after it ended).
+    ``hashes`` chains all of them, unless it is the lazy chain of its family: then a prefix of
+    them, and ``tokens`` keeps its sequence for hashing the rest later, even after it ended.
     """
 
     salt: bytes  # its tenant's salt: hashes and the zeroing rule use it
@@ -94,9 +97,9 @@ class _Seq:
     slots: list[int] | None = None  # swap slots in table order while swapped out, else None
     num_tokens: int = 0  # positions the table must hold (for fragmentation figures)
     hashes: list[BlockHash] = field(default_factory=list)  # chain of its committed blocks, so far
-    num_committed: int = 0
-    family_key: FamilyKey | None = None  # set once it has a full block
-    tokens: Sequence[int] = ()  # its sequence, while it caches lazily
+    num_committed: int = 0  # leading blocks offered to the prefix cache (each once)
+    family_key: FamilyKey | None = None  # set at its first commit or prefix hit
+    tokens: Sequence[int] = ()  # its sequence, while it is a lazy chain; () otherwise
 
 
 class KVCacheManager:
@@ -204,7 +207,7 @@ class KVCacheManager:
         are cached does not change.
         """
         for family in self.pool.lazy_families():
-            self._hash_lazy(family)
+            self._hash_chain(family)
         return self.pool.cached_items()
 
     def _match_prefix(self, token_ids: Sequence[int], salt: bytes) -> tuple[list[int], list[BlockHash]]:
@@ -217,7 +220,7 @@ class KVCacheManager:
         family = self.pool.family(self._family_key(token_ids, salt))
         if family is None:
             return [], []  # no cached block begins with this one: nothing to hash
-        self._hash_others(family)
+        self._hash_family(family)
         blocks: list[int] = []
         hashes: list[BlockHash] = []
         stop = (len(token_ids) - 1) // self.block_size
@@ -234,7 +237,7 @@ class KVCacheManager:
         # at every block it fills. Length-prefixed, so no two (salt, tokens) pairs share a key.
         return b"".join((len(salt).to_bytes(2, "little"), salt, array("q", token_ids[: self.block_size]).tobytes()))
 
-    def _hash_lazy(self, family: PrefixFamily) -> None:
+    def _hash_chain(self, family: PrefixFamily) -> None:
         """Compute the hashes of ``family``'s lazy chain: its lazily cached blocks become
         ordinary cached blocks, and the family caches eagerly from now on."""
         seq = family.chain
@@ -246,19 +249,20 @@ class KVCacheManager:
         # Its committed blocks are those it held when it committed them: a lazy chain's blocks
         # are its own (cache_lazily takes no shared block, and a fork or a prefix hit hashes
         # first), so never copied on write, and a swap-out hashes first.
-        self.pool.hash_lazily_cached(family, seq.blocks[first:stop], hashes)
+        self.pool.hash_family(family, seq.blocks[first:stop], hashes)
 
-    def _hash_others(self, family: PrefixFamily | None) -> None:
-        """A sequence is about to cache into ``family`` by hash: hash its lazy chain, if any."""
+    def _hash_family(self, family: PrefixFamily | None) -> None:
+        """Hash ``family``'s lazy chain, if it has one: someone is about to look into the family
+        or cache into it by hash."""
         if family is not None and family.chain is not None:
-            self._hash_lazy(family)  # a second sequence in the family: hashes now matter
+            self._hash_chain(family)
 
-    def _hash_if_lazy(self, seq: _Seq) -> None:
+    def _hash_own_family(self, seq: _Seq) -> None:
         """Make sure ``seq``'s hashes are complete (it may be its family's lazy chain)."""
         if seq.family_key is not None:
             family = self.pool.family(seq.family_key)
             if family is not None and family.chain is seq:
-                self._hash_lazy(family)
+                self._hash_chain(family)
 
     def _resident(self, pid: int) -> _Seq:
         seq = self._seqs.get(pid)
@@ -287,8 +291,9 @@ class KVCacheManager:
                 running processes passes 0.
 
         Returns:
-            The Allocation, or None (nothing changed, no counter moved) if too few blocks are
-            free. Raises ValueError if ``pid`` is swapped out or the arguments disagree.
+            The Allocation, or None if too few blocks are free: nothing changed and no counter
+            moved (the lookup may have hashed a lazy family, which changes no decision).
+            Raises ValueError if ``pid`` is swapped out or the arguments disagree.
         """
         if not 0 <= num_tokens <= len(token_ids):
             raise ValueError(f"num_tokens {num_tokens} outside [0, {len(token_ids)}]")
@@ -379,14 +384,11 @@ class KVCacheManager:
                 return num_cached
             # Shared blocks (a fork before any commit): cached by hash, like a family's second
             # sequence, so that a copy-on-write of one cannot lose it.
-        if family is not None and family.chain is not seq:
-            self._hash_others(family)
-        elif family is not None:
-            self._hash_lazy(family)  # its own earlier blocks, before it hashes on
+        self._hash_family(family)  # another chain's blocks, or its own earlier ones: hashed on from here
         assert len(seq.hashes) == first, "a sequence hashes on from its last hashed block"
         tokens = token_ids[first * size : num_full * size]  # one slice: token_ids may be a view
         hashes = hash_blocks(seq.hashes[-1] if seq.hashes else None, tokens, size, seq.salt)
-        num_cached = self.pool.register_all(blocks, hashes, key)
+        num_cached = self.pool.cache_hashed(blocks, hashes, key)
         seq.family_key, seq.num_committed = key, num_full
         seq.hashes += hashes
         return num_cached
@@ -401,10 +403,11 @@ class KVCacheManager:
         parent = self._resident(parent_pid)
         if len(set(child_pids)) != len(child_pids) or any(c in self._seqs for c in child_pids):
             raise ValueError("fork: a child pid already has KV state or is repeated")
-        self._hash_if_lazy(parent)  # its family gets more sequences
+        self._hash_own_family(parent)  # its family gets more sequences
         for child in child_pids:
-            self._seqs[child] = _Seq(parent.salt, list(parent.blocks), None, parent.num_tokens, list(parent.hashes),
-                                     parent.num_committed, parent.family_key)
+            self._seqs[child] = _Seq(parent.salt, list(parent.blocks), num_tokens=parent.num_tokens,
+                                     hashes=list(parent.hashes), num_committed=parent.num_committed,
+                                     family_key=parent.family_key)
             for block in parent.blocks:
                 self.pool.share(block)
 
@@ -457,6 +460,7 @@ class KVCacheManager:
         seq = self._seqs.pop(pid, None)
         if seq is None:
             return 0
+        # seq.blocks stays as it is: if seq is a lazy chain, hashing its family later reads it.
         before = self.pool.num_free
         self.pool.release(reversed(seq.blocks))
         if seq.slots is not None:
@@ -482,7 +486,7 @@ class KVCacheManager:
         slots = self.swap.allocate(len(seq.blocks))
         if slots is None:
             return None
-        self._hash_if_lazy(seq)  # swap_in re-caches its blocks by hash
+        self._hash_own_family(seq)  # swap_in re-caches its blocks by hash
         pairs = list(zip(seq.blocks, slots, strict=True))
         self.pool.release(reversed(seq.blocks))
         seq.blocks, seq.slots = [], slots
@@ -512,8 +516,8 @@ class KVCacheManager:
         seq.blocks, seq.slots = taken[0], None
         if self.enable_prefix_cache and seq.hashes:
             assert seq.family_key is not None  # it had a full block to hash
-            self._hash_others(self.pool.family(seq.family_key))
-            self.pool.register_all(seq.blocks[: len(seq.hashes)], seq.hashes, seq.family_key)
+            self._hash_family(self.pool.family(seq.family_key))
+            self.pool.cache_hashed(seq.blocks[: len(seq.hashes)], seq.hashes, seq.family_key)
         self.num_swapped_in += len(pairs)
         return pairs
 
@@ -608,6 +612,10 @@ class KVCacheManager:
         for block, count in enumerate(refs):
             assert self.pool.ref_count(block) == count, f"block {block}: ref != holders"
         assert len(slots) == len(set(slots)), "a swap slot is owned twice"
+        for pid, seq in self._seqs.items():
+            family = self.pool.family(seq.family_key) if seq.family_key is not None else None
+            if family is None or family.chain is not seq:  # not a lazy chain: hashed as far as committed
+                assert len(seq.hashes) == seq.num_committed and not seq.tokens, f"pid {pid}: unhashed blocks"
         for family in self.pool.lazy_families():
             # A lazy chain's cached blocks are its own, at the table positions it committed.
             seq = family.chain
