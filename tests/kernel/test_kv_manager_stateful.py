@@ -153,10 +153,11 @@ class KVMachine(RuleBasedStateMachine):
             self.salt[child] = self.salt[parent]
 
     @precondition(lambda self: self.tokens)
-    @rule(data=st.data())
-    def free(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), lost=st.booleans())
+    def free(self, data: st.DataObject, lost: bool) -> None:
+        """A process ends, or its KV is lost (a failed swap-in: its blocks are uncached too)."""
         pid = data.draw(st.sampled_from(sorted(self.tokens)))
-        self.kv.free(pid)
+        (self.kv.lose if lost else self.kv.free)(pid)
         self._forget(pid)
 
     @precondition(lambda self: self._resident())
@@ -184,14 +185,6 @@ class KVMachine(RuleBasedStateMachine):
     def look_up(self, tenant: int, prompt: list[int]) -> None:
         """Ask what a prompt would find cached (it may hash a lazy family; it decides nothing)."""
         assert self.kv.cached_prefix(prompt, SALTS[tenant]) < len(prompt)
-
-    @precondition(lambda self: self.tokens)
-    @rule(data=st.data())
-    def lose(self, data: st.DataObject) -> None:
-        """A process's KV is lost (a failed swap-in): its blocks are uncached and freed."""
-        pid = data.draw(st.sampled_from(sorted(self.tokens)))
-        self.kv.lose(pid)
-        self._forget(pid)
 
     @rule()
     def driver_restart(self) -> None:
