@@ -234,8 +234,6 @@ class BlockPool:
             family = PrefixFamily(key, None)
         elif family.chain is not None:
             raise ValueError("the family caches lazily: hash its blocks first")
-        if len(blocks) != len(block_hashes):
-            raise ValueError(f"{len(blocks)} blocks for {len(block_hashes)} hashes")
         for block, block_hash in zip(blocks, block_hashes, strict=True):  # check all, then change
             if ref[block] == 0:
                 raise ValueError(f"block {block} is free")

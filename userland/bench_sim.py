@@ -19,11 +19,15 @@ from typing import Any
 from .command import EXIT_FAILURE
 
 
-def _run(requests: int, trace: str, max_steps: int) -> Any:
+def _run(requests: int, trace: str, max_steps: int | None) -> Any:
+    """One simulation of the trace's first ``requests``; ``max_steps`` None: SimConfig's default."""
     from llmos.sim.runner import SimConfig, run_simulation
     from llmos.sim.workloads import WorkloadSpec
 
-    return run_simulation(SimConfig(workload=WorkloadSpec(trace=trace, num_requests=requests), max_steps=max_steps))
+    config = SimConfig(workload=WorkloadSpec(trace=trace, num_requests=requests))
+    if max_steps is not None:
+        config.max_steps = max_steps
+    return run_simulation(config)
 
 
 def bench_sim(requests: int, trace: str, rounds: int) -> dict[str, Any]:
@@ -31,7 +35,7 @@ def bench_sim(requests: int, trace: str, rounds: int) -> dict[str, Any]:
     best: dict[str, Any] = {}
     agree = True
     for _ in range(rounds):
-        results = {name: _run(requests, trace, max_steps) for name, max_steps in (("one_step", 1), ("multi_step", 4096))}
+        results = {name: _run(requests, trace, max_steps) for name, max_steps in (("one_step", 1), ("multi_step", None))}
         one, multi = results["one_step"], results["multi_step"]
         agree = agree and one.records == multi.records and one.timeline == multi.timeline
         for name, result in results.items():
